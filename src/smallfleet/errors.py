@@ -1,0 +1,183 @@
+"""The exceptions smallfleet raises.
+
+Caller misuse is separated from runtime failures, and every runtime failure of a
+model carries what the far side said::
+
+    SmallfleetError
+     ├── ConfigError            a config file or setting is wrong (names the key)
+     ├── UserError              the caller asked for something impossible
+     │    ├── RequestInvalid     a chat request failed validation (names the field) → 400
+     │    ├── ModelNotFound      an unknown model alias ("did you mean …") → 404
+     │    └── ExtraNotInstalled  an optional dependency is missing (names the extra)
+     ├── ModelError             a model failed to answer
+     │    ├── UpstreamError      the endpoint answered with an error, or nonsense (status, body)
+     │    ├── UpstreamTimeout    the endpoint did not answer in time
+     │    ├── RateLimited        the endpoint said 429 after every retry (retry_after)
+     │    └── OutputInvalid      the model's output did not parse or validate
+     └── BudgetExceeded         a key's spending limit is used up → 429
+
+Each error knows the HTTP status and the OpenAI-style error ``type`` the gateway
+answers with, so the mapping lives in one place.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "ConfigError",
+    "ExtraNotInstalled",
+    "ModelError",
+    "ModelNotFound",
+    "OutputInvalid",
+    "RateLimited",
+    "RequestInvalid",
+    "SmallfleetError",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UserError",
+]
+
+
+class SmallfleetError(Exception):
+    """Base of every error smallfleet raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_openai(self) -> dict[str, object]:
+        """The OpenAI-style error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": getattr(self, "param", None),
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(SmallfleetError):
+    """A configuration file or setting is invalid; the message names the key."""
+
+    error_type = "configuration_error"
+
+
+class UserError(SmallfleetError):
+    """The caller asked for something that cannot work as asked."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class RequestInvalid(UserError):
+    """A chat request failed validation. ``param`` names the offending field."""
+
+    code = "invalid_value"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ModelNotFound(UserError):
+    """No model is configured under this alias."""
+
+    status_code = 404
+    code = "model_not_found"
+
+    def __init__(self, alias: str, known: list[str]) -> None:
+        import difflib
+
+        self.alias = alias
+        close = difflib.get_close_matches(alias, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(sorted(known)) if known else "none configured"
+        super().__init__(f"Unknown model {alias!r}.{hint} Known models: {listing}.")
+        self.param = "model"
+
+
+class ExtraNotInstalled(UserError, ImportError):
+    """An optional dependency is missing; the message says which extra installs it."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{module!r} is not installed. It comes with the {extra!r} extra: "
+            f"pip install 'smallfleet[{extra}]'"
+        )
+
+
+class ModelError(SmallfleetError):
+    """A model failed to produce an answer."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamError(ModelError):
+    """The endpoint answered with an error status, broke the connection, or sent nonsense."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class UpstreamTimeout(ModelError):
+    """The endpoint did not answer in time."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+    def __init__(self, message: str, status: int | None = None, body: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class RateLimited(ModelError):
+    """The endpoint kept answering 429 after every retry."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = 429,
+        body: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class OutputInvalid(ModelError):
+    """A model's output did not parse, or did not validate against the requested schema."""
+
+    code = "output_invalid"
+
+    def __init__(self, message: str, output: str | None = None) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class BudgetExceeded(SmallfleetError):
+    """A key has spent its budget for the period."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"

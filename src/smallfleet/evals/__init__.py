@@ -1,0 +1,1 @@
+"""smallfleet.evals."""

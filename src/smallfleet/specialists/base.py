@@ -1,0 +1,192 @@
+"""What a specialist is: a small model that learned one task from the large model's answers.
+
+A :class:`Specialist` is fitted on :class:`Example` pairs (the request, the large
+model's response), answers new requests with a :class:`Prediction` (an exact
+OpenAI response and a confidence), and saves to a self-describing folder::
+
+    DIR/specialist.json   kind, base model, label set or schema, metrics, data hash
+    DIR/...               the weights, in whatever layout the kind uses
+
+:class:`SpecialistChatModel` makes any specialist a :class:`ChatModel`, so the
+router, the agent runtime and ``evaluate`` use it like any other model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from smallfleet.errors import UserError
+from smallfleet.models.base import ChatModel
+from smallfleet.types import ChatRequest, ChatResponse
+
+if TYPE_CHECKING:
+    from smallfleet.config import Settings, SpecialistModelConfig
+
+__all__ = [
+    "KINDS",
+    "Example",
+    "Prediction",
+    "Specialist",
+    "SpecialistChatModel",
+    "SpecialistMeta",
+    "data_hash",
+    "load_specialist",
+]
+
+#: kind → "module:Class"
+KINDS: dict[str, str] = {
+    "classifier": "smallfleet.specialists.classifier:Classifier",
+    "extractor": "smallfleet.specialists.extractor:Extractor",
+    "tool_caller": "smallfleet.specialists.tool_caller:ToolCaller",
+    "generator": "smallfleet.specialists.generator:Generator",
+}
+
+META_FILE = "specialist.json"
+
+
+@dataclass
+class Example:
+    """One training or evaluation example: a request and the answer to learn (the teacher's)."""
+
+    request: ChatRequest
+    response: ChatResponse
+    trace_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Example:
+        """From ``{"request": {...}, "response": {...}}`` (OpenAI JSON), as in an examples.jsonl line."""
+        return cls(
+            request=ChatRequest.model_validate(d["request"]),
+            response=ChatResponse.model_validate(d["response"]),
+            trace_id=d.get("trace_id"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"request": self.request.to_dict(), "response": self.response.to_dict()}
+        if self.trace_id:
+            out["trace_id"] = self.trace_id
+        return out
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Examples from a JSONL file of ``{"request", "response"}`` objects."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(Example.from_dict(json.loads(line)))
+            except (ValueError, KeyError) as e:
+                raise UserError(f"{path}:{i}: not a {{request, response}} example: {e}") from None
+    return out
+
+
+@dataclass
+class Prediction:
+    """A specialist's answer: an exact OpenAI response and how sure it is (0..1)."""
+
+    response: ChatResponse
+    confidence: float
+
+
+@dataclass
+class SpecialistMeta:
+    """What ``specialist.json`` holds."""
+
+    kind: str
+    base_model: str
+    created: float = field(default_factory=time.time)
+    data_hash: str = ""
+    n_train: int = 0
+    labels: list[str] | None = None
+    schema: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, directory: Path) -> SpecialistMeta:
+        path = Path(directory) / META_FILE
+        if not path.exists():
+            raise UserError(f"{directory} is not a specialist folder (no {META_FILE}).")
+        data = json.loads(path.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    """A stable hash of the training data, so a retrain on the same data can be skipped."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.request.to_json().encode())
+        h.update(b"\x00")
+        h.update(json.dumps(ex.response.message.to_dict(), sort_keys=True).encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+class Specialist:
+    """A small model for one task type. Subclasses implement fit, predict, save and load."""
+
+    kind: ClassVar[str] = ""
+    meta: SpecialistMeta
+
+    def fit(self, examples: Sequence[Example], validation: Sequence[Example] | None = None) -> Specialist:
+        raise NotImplementedError
+
+    def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Specialist:
+        raise NotImplementedError
+
+
+def specialist_class(kind: str) -> type[Specialist]:
+    if kind not in KINDS:
+        raise UserError(f"Unknown specialist kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+    module, _, name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_specialist(directory: str | Path) -> Specialist:
+    """Load whatever specialist ``directory`` holds (its kind is in ``specialist.json``)."""
+    meta = SpecialistMeta.read(Path(directory))
+    return specialist_class(meta.kind).load(directory)
+
+
+class SpecialistChatModel(ChatModel):
+    """Any specialist as a :class:`ChatModel`; ``predict_one`` also gives the confidence."""
+
+    supports_tools = True
+    supports_json_schema = True
+
+    def __init__(self, specialist: Specialist, name: str | None = None) -> None:
+        self.specialist = specialist
+        self.name = name or f"specialist:{specialist.kind}"
+
+    @classmethod
+    def from_config(
+        cls, alias: str, config: SpecialistModelConfig, settings: Settings
+    ) -> SpecialistChatModel:
+        return cls(load_specialist(config.path), name=alias)
+
+    async def predict_one(self, request: ChatRequest) -> Prediction:
+        (pred,) = await asyncio.to_thread(self.specialist.predict, [request])
+        pred.response.model = self.name
+        return pred
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        return (await self.predict_one(request)).response
