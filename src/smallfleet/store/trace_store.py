@@ -1,0 +1,476 @@
+"""``TraceStore``: where every recorded chat call is kept (SQLite by default, PostgreSQL at scale).
+
+One class, one URL::
+
+    store = TraceStore("sqlite:///./smallfleet.db")            # WAL, busy_timeout
+    store = TraceStore("postgresql+psycopg://user@host/db")    # pip install 'smallfleet[postgres]'
+
+Opening a store applies pending migrations (``create=False`` only opens one that
+exists and is up to date). The engine is thread-safe: the gateway's background
+writer calls :meth:`TraceStore.write_traces` from its own thread.
+
+Listings are keyset-paginated on ``(created_at, id)``, which an index covers, so
+a page costs the same at row 10 and at row 1,000,000.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from smallfleet.errors import ConfigError, UserError
+from smallfleet.store.migrations import pending_migrations, run_migrations
+from smallfleet.store.records import TRACE_FIELDS, TraceRecord
+from smallfleet.store.tables import feedback, traces
+
+__all__ = ["STATS_GROUPS", "TraceStore", "percentile"]
+
+log = logging.getLogger("smallfleet.store")
+
+#: What :meth:`TraceStore.stats` can group by.
+STATS_GROUPS = ("workload", "model", "route", "status", "key")
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _json_dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _pg_json_dumps(obj: Any) -> str:
+    # PostgreSQL's jsonb rejects \u0000; store U+FFFD instead of failing the whole batch.
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", _json_dumps(obj))
+
+
+def _normalise_url(url: str) -> sa.URL:
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(
+            f"store.url {url!r} is not a database URL; use e.g. sqlite:///./smallfleet.db "
+            "or postgresql+psycopg://user@host/db"
+        ) from None
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted values, interpolated linearly (like ``percentile_cont``)."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    pos = q * (n - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
+
+
+class TraceStore:
+    """The trace store: write, read, list, search, summarise, and take feedback on traces."""
+
+    def __init__(self, url: str, *, create: bool = True, echo: bool = False) -> None:
+        self.url = url
+        u = _normalise_url(url)
+        self._safe_url = u.render_as_string(hide_password=True)
+        backend = u.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps}
+        if backend == "sqlite":
+            kwargs.update(self._sqlite_options(u, create))
+        elif backend == "postgresql":
+            from smallfleet._extras import require
+
+            require("psycopg", "postgres")
+            kwargs.update(json_serializer=_pg_json_dumps, pool_pre_ping=True)
+        else:
+            raise ConfigError(
+                f"store.url {self._safe_url!r}: only sqlite:/// and postgresql+psycopg:// are supported."
+            )
+        try:
+            self.engine: sa.Engine = sa.create_engine(u, **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+            raise ConfigError(f"store.url {self._safe_url!r}: {e}") from None
+        if backend == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.dialect = backend
+        try:
+            if create:
+                run_migrations(self.engine)
+            else:
+                with self.engine.connect() as conn:
+                    pending = pending_migrations(conn)
+                if pending:
+                    raise ConfigError(
+                        f"The trace store at {self._safe_url} is missing or out of date "
+                        f"(pending: {', '.join(pending)}). Start the gateway or import traces "
+                        "to create it: smallfleet traces import FILE.jsonl"
+                    )
+        except sa.exc.OperationalError as e:
+            self.engine.dispose()
+            reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+            raise ConfigError(f"Cannot open the trace store at {self._safe_url}: {reason}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    @staticmethod
+    def _sqlite_options(u: sa.URL, create: bool) -> dict[str, Any]:
+        db = u.database
+        if not db or db == ":memory:" or "mode=memory" in str(u):
+            # One shared in-memory database for every thread.
+            return {"poolclass": sa.pool.StaticPool, "connect_args": {"check_same_thread": False}}
+        path = Path(db)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            raise ConfigError(
+                f"No trace store at {db}: start the gateway or import traces first "
+                "(smallfleet traces import FILE.jsonl), or point store.url elsewhere."
+            )
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+
+    # ------------------------------------------------------------------ writing
+
+    def write_traces(self, records: Sequence[TraceRecord]) -> None:
+        """Insert ``records`` in one transaction; ids already stored are skipped (a re-sent batch is a no-op).
+
+        If the database rejects the batch for one bad row, the rows are retried one
+        by one and only the bad ones are dropped (and logged), so one poison record
+        cannot lose a whole batch.
+        """
+        if not records:
+            return
+        rows = [_to_row(r) for r in records]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_ignore(), rows)
+        except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
+            log.warning("a trace batch was rejected (%s); retrying row by row", type(e.orig).__name__)
+            for row in rows:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(self._insert_ignore(), [row])
+                except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as e2:
+                    log.error("dropped trace %s: %s", row["id"], e2.orig)
+
+    def _insert_ignore(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(traces).on_conflict_do_nothing(index_elements=["id"])
+
+    def add_feedback(self, trace_id: str, score: float, comment: str | None = None) -> None:
+        """Attach a score (and a comment) to a stored trace."""
+        if not math.isfinite(score):
+            raise UserError(f"Feedback score must be a finite number, not {score!r}.")
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(traces.c.id).where(traces.c.id == trace_id)).first()
+            if exists is None:
+                raise UserError(f"No trace with id {trace_id!r}.")
+            conn.execute(
+                sa.insert(feedback).values(
+                    trace_id=trace_id, score=float(score), comment=comment, created_at=time.time()
+                )
+            )
+
+    def get_feedback(self, trace_id: str) -> list[dict[str, Any]]:
+        """The feedback given on a trace, oldest first."""
+        q = (
+            sa.select(feedback.c.score, feedback.c.comment, feedback.c.created_at)
+            .where(feedback.c.trace_id == trace_id)
+            .order_by(feedback.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------ reading
+
+    def get_trace(self, trace_id: str) -> TraceRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(traces).where(traces.c.id == trace_id)).first()
+        return None if row is None else _from_row(row)
+
+    def iter_traces(
+        self,
+        *,
+        workload: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        status: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+        batch_size: int = 1000,
+    ) -> Iterator[TraceRecord]:
+        """Every matching trace in time order, read in keyset batches (no long-held cursor)."""
+        if order not in ("asc", "desc"):
+            raise UserError(f"order must be 'asc' or 'desc', not {order!r}.")
+        where = _filters(workload=workload, since=since, until=until, status=status, route=route, model=model)
+        after: tuple[float, str] | None = None
+        while True:
+            q = sa.select(traces).where(*where)
+            if after is not None:
+                q = q.where(_keyset(after, order))
+            q = q.order_by(*_ordering(order)).limit(batch_size)
+            with self.engine.connect() as conn:
+                batch = [_from_row(r) for r in conn.execute(q)]
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = (batch[-1].created_at, batch[-1].id)
+
+    def count_traces(
+        self,
+        *,
+        workload: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        status: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+    ) -> int:
+        where = _filters(workload=workload, since=since, until=until, status=status, route=route, model=model)
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(traces).where(*where)).scalar_one()
+            )
+
+    def search_traces(
+        self,
+        *,
+        text: str | None = None,
+        workload: str | None = None,
+        model: str | None = None,
+        route: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        before_id: str | None = None,
+        cursor: tuple[float, str] | None = None,
+    ) -> list[TraceRecord]:
+        """Newest first. Page on with ``before_id=<last id of the previous page>`` (or ``cursor``).
+
+        ``text`` is a case-insensitive substring of the request or response JSON.
+        """
+        if limit < 1:
+            raise UserError("limit must be at least 1.")
+        where = _filters(workload=workload, since=since, until=until, status=status, route=route, model=model)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                sa.or_(
+                    sa.cast(traces.c.request, sa.Text).ilike(pattern, escape="\\"),
+                    sa.cast(traces.c.response, sa.Text).ilike(pattern, escape="\\"),
+                )
+            )
+        with self.engine.connect() as conn:
+            if before_id is not None and cursor is None:
+                ts = conn.execute(sa.select(traces.c.created_at).where(traces.c.id == before_id)).scalar()
+                if ts is None:
+                    raise UserError(f"No trace with id {before_id!r} to page from.")
+                cursor = (float(ts), before_id)
+            q = sa.select(traces).where(*where)
+            if cursor is not None:
+                q = q.where(_keyset(cursor, "desc"))
+            q = q.order_by(*_ordering("desc")).limit(limit)
+            return [_from_row(r) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------ summaries
+
+    def stats(
+        self, *, since: float | None = None, until: float | None = None, by: str = "workload"
+    ) -> list[dict[str, Any]]:
+        """Per group: calls, errors, error_rate, input/output tokens, cost_usd, p50_ms, p95_ms.
+
+        Groups are sorted by calls, most first. Percentiles are of ``latency_ms``,
+        interpolated linearly: in SQL (``percentile_cont``) on PostgreSQL, in one
+        pass in Python on SQLite.
+        """
+        key = _group_column(by)
+        where = _filters(since=since, until=until)
+        errors = sa.func.sum(sa.case((traces.c.status != "ok", 1), else_=0))
+        q = (
+            sa.select(
+                key.label("group"),
+                sa.func.count().label("calls"),
+                errors.label("errors"),
+                sa.func.coalesce(sa.func.sum(traces.c.input_tokens), 0).label("input_tokens"),
+                sa.func.coalesce(sa.func.sum(traces.c.output_tokens), 0).label("output_tokens"),
+                sa.func.sum(traces.c.cost_usd).label("cost_usd"),
+            )
+            .where(*where)
+            .group_by(key)
+        )
+        with self.engine.connect() as conn:
+            groups = {r.group: dict(r._mapping) for r in conn.execute(q)}
+            pcts = self._latency_percentiles(conn, key, where)
+        out = []
+        for name, g in groups.items():
+            calls = int(g["calls"])
+            p50, p95 = pcts.get(name, (None, None))
+            out.append(
+                {
+                    "group": name,
+                    "calls": calls,
+                    "errors": int(g["errors"] or 0),
+                    "error_rate": (int(g["errors"] or 0) / calls) if calls else 0.0,
+                    "input_tokens": int(g["input_tokens"]),
+                    "output_tokens": int(g["output_tokens"]),
+                    "cost_usd": None if g["cost_usd"] is None else float(g["cost_usd"]),
+                    "p50_ms": p50,
+                    "p95_ms": p95,
+                }
+            )
+        out.sort(key=lambda g: (-g["calls"], str(g["group"])))
+        return out
+
+    def _latency_percentiles(
+        self, conn: sa.Connection, key: sa.ColumnElement[Any], where: list[sa.ColumnElement[bool]]
+    ) -> dict[Any, tuple[float | None, float | None]]:
+        has_latency = traces.c.latency_ms.is_not(None)
+        if self.dialect == "postgresql":
+            q = (
+                sa.select(
+                    key.label("group"),
+                    sa.func.percentile_cont(0.5).within_group(traces.c.latency_ms).label("p50"),
+                    sa.func.percentile_cont(0.95).within_group(traces.c.latency_ms).label("p95"),
+                )
+                .where(*where, has_latency)
+                .group_by(key)
+            )
+            return {r.group: (_f(r.p50), _f(r.p95)) for r in conn.execute(q)}
+        # SQLite: sorted by (group, latency) in SQL, cut into groups while streaming.
+        q = (
+            sa.select(key.label("group"), traces.c.latency_ms)
+            .where(*where, has_latency)
+            .order_by(key, traces.c.latency_ms)
+        )
+        out: dict[Any, tuple[float | None, float | None]] = {}
+        current: Any = object()
+        values: list[float] = []
+        for group, latency in conn.execute(q):
+            if group != current:
+                if values:
+                    out[current] = (percentile(values, 0.5), percentile(values, 0.95))
+                current, values = group, []
+            values.append(latency)
+        if values:
+            out[current] = (percentile(values, 0.5), percentile(values, 0.95))
+        return out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TraceStore({self._safe_url!r})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _strip_nul(s: str | None) -> str | None:
+    return s.replace("\x00", "\ufffd") if s and "\x00" in s else s
+
+
+def _to_row(r: TraceRecord) -> dict[str, Any]:
+    row = {name: getattr(r, name) for name in TRACE_FIELDS}
+    row["tool_names"] = list(r.tool_names or [])
+    row["metadata"] = dict(r.metadata or {})
+    for k in ("workload", "model_requested", "model_served", "route", "error", "key_id", "escalation"):
+        row[k] = _strip_nul(row[k])
+    row["created_at"] = float(r.created_at)
+    return row
+
+
+def _from_row(row: sa.Row[Any]) -> TraceRecord:
+    m = row._mapping
+    data = {name: m[name] for name in TRACE_FIELDS}
+    data["tool_names"] = data["tool_names"] or []
+    data["metadata"] = data["metadata"] or {}
+    data["stream"] = bool(data["stream"])
+    return TraceRecord(**data)
+
+
+def _filters(
+    *,
+    workload: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    status: str | None = None,
+    route: str | None = None,
+    model: str | None = None,
+) -> list[sa.ColumnElement[bool]]:
+    where: list[sa.ColumnElement[bool]] = []
+    if workload is not None:
+        where.append(traces.c.workload == workload)
+    if since is not None:
+        where.append(traces.c.created_at >= since)
+    if until is not None:
+        where.append(traces.c.created_at < until)
+    if status is not None:
+        where.append(traces.c.status == status)
+    if route is not None:
+        # "specialist" matches every "specialist:<route>"; a full route matches itself.
+        if ":" in route:
+            where.append(traces.c.route == route)
+        else:
+            where.append(sa.or_(traces.c.route == route, traces.c.route.startswith(route + ":")))
+    if model is not None:
+        where.append(sa.or_(traces.c.model_served == model, traces.c.model_requested == model))
+    return where
+
+
+def _keyset(after: tuple[float, str], order: str) -> sa.ColumnElement[bool]:
+    ts, tid = after
+    if order == "asc":
+        return sa.or_(traces.c.created_at > ts, sa.and_(traces.c.created_at == ts, traces.c.id > tid))
+    return sa.or_(traces.c.created_at < ts, sa.and_(traces.c.created_at == ts, traces.c.id < tid))
+
+
+def _ordering(order: str) -> tuple[sa.ColumnElement[Any], ...]:
+    if order == "asc":
+        return (traces.c.created_at.asc(), traces.c.id.asc())
+    return (traces.c.created_at.desc(), traces.c.id.desc())
+
+
+def _group_column(by: str) -> sa.ColumnElement[Any]:
+    if by == "workload":
+        return traces.c.workload
+    if by == "model":
+        return sa.func.coalesce(traces.c.model_served, traces.c.model_requested)
+    if by == "route":
+        return traces.c.route
+    if by == "status":
+        return traces.c.status
+    if by == "key":
+        return sa.func.coalesce(traces.c.key_id, "-")
+    raise UserError(f"Cannot group stats by {by!r}; choose one of: {', '.join(STATS_GROUPS)}.")
