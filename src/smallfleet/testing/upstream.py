@@ -130,6 +130,14 @@ class ScriptedUpstream:
     def set_responder(self, fn: Callable[[dict[str, Any]], Reply] | None) -> None:
         self._fn = fn
 
+    def reset(self) -> None:
+        """Forget the script, the responder and what was received (to reuse one server across tests)."""
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+            self.headers.clear()
+        self._fn = None
+
     def start(self) -> ScriptedUpstream:
         import uvicorn
 
