@@ -272,21 +272,24 @@ class ChatRequest(_Wire):
 
 
 _TAGS = {"system", "developer", "user", "assistant", "tool", "function"}
+_UNION_MEMBERS = {"str", "int", "float", "bool", "none"}
+_UNION_MEMBER_PREFIXES = ("function-", "literal[", "list[", "dict[", "json-or-python[")
 
 
 def _param_path(loc: Iterable[Any]) -> str:
     out = ""
-    prev_index = False
+    before: list[Any] = []
     for part in loc:
+        is_tag = len(before) >= 2 and before[-2] == "messages" and isinstance(before[-1], int)
+        before.append(part)
         if isinstance(part, int):
             out += f"[{part}]"
-            prev_index = True
             continue
-        if prev_index and part in _TAGS:  # a discriminated union's tag, not a field
-            prev_index = False
+        if is_tag and part in _TAGS:  # the role tag of messages[i], not a field
             continue
-        prev_index = False
-        if str(part).startswith(("function-after", "literal[", "str", "list[", "json-or")):
+        if part in _UNION_MEMBERS or str(part).startswith(_UNION_MEMBER_PREFIXES):
+            continue  # the name pydantic gives a member of a union, not a field
+        if isinstance(globals().get(str(part)), type):  # a union member's class name, not a field
             continue
         out += f".{part}" if out else str(part)
     return out
@@ -439,11 +442,14 @@ def response_to_chunks(resp: ChatResponse, include_usage: bool = False, piece: i
                 created=resp.created,
                 model=resp.model,
                 choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                system_fingerprint=resp.system_fingerprint,
             )
         )
 
     msg = resp.choices[0].message if resp.choices else ResponseMessage()
     add(Delta(role="assistant", content=""))
+    if msg.refusal:
+        add(Delta(refusal=msg.refusal))
     text = msg.content or ""
     if text:
         size = piece or len(text)
@@ -471,7 +477,14 @@ def response_to_chunks(resp: ChatResponse, include_usage: bool = False, piece: i
     add(Delta(), finish)
     if include_usage:
         chunks.append(
-            ChatChunk(id=resp.id, created=resp.created, model=resp.model, choices=[], usage=resp.usage)
+            ChatChunk(
+                id=resp.id,
+                created=resp.created,
+                model=resp.model,
+                choices=[],
+                usage=resp.usage,
+                system_fingerprint=resp.system_fingerprint,
+            )
         )
     return chunks
 
@@ -484,8 +497,10 @@ def chunks_to_response(chunks: Iterable[ChatChunk]) -> ChatResponse:
     usage: Usage | None = None
     rid, model, created = new_id(), "", int(time.time())
     refusal: list[str] = []
+    fingerprint: str | None = None
     for ch in chunks:
         rid, model, created = ch.id, ch.model or model, ch.created
+        fingerprint = ch.system_fingerprint or fingerprint
         if ch.usage is not None:
             usage = ch.usage
         for c in ch.choices:
@@ -510,7 +525,7 @@ def chunks_to_response(chunks: Iterable[ChatChunk]) -> ChatResponse:
         for _, s in sorted(calls.items())
     ] or None
     message = ResponseMessage(
-        content="".join(text) if text or not tool_calls else None,
+        content="".join(text) if text or not (tool_calls or refusal) else None,
         tool_calls=tool_calls,
         refusal="".join(refusal) or None,
     )
@@ -520,4 +535,5 @@ def chunks_to_response(chunks: Iterable[ChatChunk]) -> ChatResponse:
         model=model,
         choices=[Choice(message=message, finish_reason=finish)],
         usage=usage,
+        system_fingerprint=fingerprint,
     )
