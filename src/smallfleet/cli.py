@@ -18,6 +18,8 @@ from smallfleet.commands._common import console, set_config_path
 COMMAND_MODULES = [
     "smallfleet.commands.core",
     "smallfleet.commands.routes",
+    "smallfleet.commands.gateway",
+    "smallfleet.commands.keys",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,755 @@
+"""The gateway: an OpenAI-compatible ASGI app that records every call.
+
+A hand-written ASGI core (no framework on the hot path: the gateway's own
+overhead is what the benchmark measures)::
+
+    POST /v1/chat/completions   forwarded to the alias's model, with its fallback chain
+    GET  /v1/models             the configured aliases, in the OpenAI list shape
+    GET  /healthz               liveness, with the trace queue depth
+    GET  /metrics               Prometheus text (an admin key when keys are configured)
+
+Every response, errors included, carries ``x-smallfleet-trace-id`` and
+``x-smallfleet-route``; every chat request leaves exactly one
+:class:`~smallfleet.store.records.TraceRecord`, handed to the
+:class:`~smallfleet.gateway.recorder.Recorder` after the last byte is sent.
+
+Routing seam: ``create_app(..., router=...)`` takes anything with
+``async route(request, workload) -> RouteDecision | None``, called before the
+request is forwarded. A decision with a ``model`` answers with that model (a
+specialist); when it fails, the request goes on to the asked alias's chain with
+route ``escalated:error``. ``None`` means "forward as asked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from smallfleet.errors import (
+    ModelError,
+    ModelNotFound,
+    RateLimited,
+    RequestInvalid,
+    SmallfleetError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from smallfleet.gateway.auth import BodyTooLarge, KeyRing, Unauthorized
+from smallfleet.gateway.metrics import Metrics
+from smallfleet.gateway.recorder import Recorder
+from smallfleet.store.records import TraceRecord
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from smallfleet.config import GatewayKey, Settings
+    from smallfleet.models.base import ChatModel
+    from smallfleet.models.registry import ModelRegistry
+    from smallfleet.types import ChatRequest
+
+__all__ = ["Gateway", "RouteDecision", "Router", "create_app"]
+
+log = logging.getLogger("smallfleet.gateway")
+
+#: Failures after which the next alias of the chain is tried.
+FALLBACK_ERRORS = (UpstreamError, UpstreamTimeout, RateLimited)
+
+_JSON = b"application/json"
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class RouteDecision:
+    """What a router decided for one request.
+
+    ``model`` set: answer with it (e.g. a promoted specialist) under ``route``
+    (``specialist:<name>``), recording ``confidence``. ``model`` unset: forward
+    to the asked alias, recording ``escalation`` as why the router did not answer.
+    """
+
+    model: ChatModel | None = None
+    route: str = "direct"
+    confidence: float | None = None
+    escalation: str | None = None
+
+
+class Router(Protocol):
+    """The seam a router plugs into: called once per request, before forwarding."""
+
+    async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None: ...
+
+
+class _Internal(SmallfleetError):
+    """An unexpected failure, reported without its internals."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+
+class _ClientGone(Exception):
+    """The client went away before its request body arrived."""
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error_body(e: SmallfleetError) -> bytes:
+    return _dumps(e.to_openai())
+
+
+def _estimate_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+class Gateway:
+    """The ASGI application. Build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        recorder: Recorder,
+        *,
+        prices: Any = None,
+        router: Router | None = None,
+        metrics: Metrics | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        store: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.recorder = recorder
+        self.prices = prices
+        self.router = router
+        self.metrics = metrics or Metrics()
+        self.metrics.queue_depth = recorder.depth
+        self.keys = KeyRing(settings.gateway.keys)
+        self.store = store
+        self.max_body = settings.gateway.max_body_bytes
+        self.default_model = settings.gateway.default_model
+        self._on_close = on_close
+        self._started = False
+        self._closed = False
+        self._local_aliases = {
+            alias for alias, cfg in settings.models.items() if cfg.backend in ("local", "specialist")
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the trace writer and seed today's spend per key (idempotent)."""
+        if self._started:
+            return
+        self._started = True
+        self.recorder.start()
+        self._seed_budgets()
+
+    def _seed_budgets(self) -> None:
+        if self.store is None or not any(k.daily_budget_usd is not None for k in self.settings.gateway.keys):
+            return
+        try:
+            for rec in self.store.iter_traces(since=self.keys.start_of_day()):
+                self.keys.add_spend(rec.key_id, rec.cost_usd, at=rec.created_at)
+        except Exception as e:
+            log.warning("Could not read today's spend from the store (%s); budgets start at 0.", e)
+
+    async def aclose(self) -> None:
+        """Drain the trace queue, then release models and the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        try:
+            await self.registry.aclose()
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
+
+    # ------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if not self._started:
+                self.start()
+            path = scope["path"]
+            method = scope["method"]
+            if path == "/v1/chat/completions" or path == "/chat/completions":
+                if method != "POST":
+                    await self._plain_error(send, 405, "Use POST for /v1/chat/completions.")
+                    return
+                await self._chat(scope, receive, send)
+            elif path in ("/v1/models", "/models") and method == "GET":
+                await self._models(scope, send)
+            elif path == "/healthz":
+                body = _dumps({"status": "ok", "trace_queue_depth": self.recorder.depth()})
+                await _send(send, 200, body, _JSON)
+            elif path == "/metrics" and method == "GET":
+                await self._metrics(scope, send)
+            else:
+                await self._plain_error(send, 404, f"No route {method} {path}.", code="not_found")
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    self.start()
+                except Exception as e:
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                try:
+                    await self.aclose()
+                except Exception as e:
+                    log.exception("Gateway shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _plain_error(self, send: Any, status: int, message: str, code: str | None = None) -> None:
+        body = _dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        )
+        await _send(send, status, body, _JSON)
+
+    def _admin_check(self, scope: dict[str, Any], *, admin: bool) -> None:
+        if not self.keys.enabled:
+            return
+        key = self.keys.authenticate(_header(scope, b"authorization"))
+        if admin and key is not None and not key.admin:
+            raise Unauthorized(f"Key {key.name!r} is not an admin key; /metrics needs one.")
+
+    async def _models(self, scope: dict[str, Any], send: Any) -> None:
+        try:
+            self._admin_check(scope, admin=False)
+        except SmallfleetError as e:
+            await _send(send, e.status_code, _error_body(e), _JSON)
+            return
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "smallfleet"}
+            for alias in self.registry.aliases()
+        ]
+        await _send(send, 200, _dumps({"object": "list", "data": data}), _JSON)
+
+    async def _metrics(self, scope: dict[str, Any], send: Any) -> None:
+        try:
+            self._admin_check(scope, admin=True)
+        except SmallfleetError as e:
+            await _send(send, e.status_code, _error_body(e), _JSON)
+            return
+        await _send(send, 200, self.metrics.render().encode(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------ chat completions
+
+    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        rec = TraceRecord(
+            id=uuid.uuid4().hex, created_at=time.time(), route="rejected", status="error", http_status=500
+        )
+        state = _State()
+        self.metrics.in_flight += 1
+        try:
+            await self._handle(scope, receive, send, rec, state, t0)
+        except _ClientGone:
+            rec.status, rec.http_status, rec.error = "client_disconnected", 499, "client left before the body"
+        except SmallfleetError as e:
+            await self._fail(send, rec, state, e)
+        except Exception as e:
+            log.exception("Unexpected error in trace %s", rec.id)
+            internal = _Internal(f"Internal error in the gateway ({type(e).__name__}); trace id {rec.id}.")
+            await self._fail(send, rec, state, internal)
+        finally:
+            try:
+                self._finish(rec, state, t0)
+            finally:
+                self.metrics.in_flight -= 1
+
+    async def _handle(
+        self, scope: dict[str, Any], receive: Any, send: Any, rec: TraceRecord, state: _State, t0: float
+    ) -> None:
+        from smallfleet.types import ChatRequest
+
+        workload = None
+        length = None
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"x-smallfleet-workload":
+                workload = value.decode("latin-1").strip() or None
+            elif name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        if workload:
+            rec.workload = workload
+        key = self.keys.authenticate(authorization) if self.keys.enabled else None
+        if key is not None:
+            rec.key_id = key.name
+            state.key = key
+        body = await self._read_body(receive, length)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
+        if isinstance(data, dict):
+            rec.request = data
+            model = data.get("model")
+            rec.model_requested = model if isinstance(model, str) else ""
+            meta = data.get("metadata")
+            if workload is None and isinstance(meta, dict) and isinstance(meta.get("workload"), str):
+                rec.workload = meta["workload"] or "default"
+        request = ChatRequest.parse(data)
+        rec.tool_names = request.tool_names()
+        rec.stream = bool(request.stream)
+        self.keys.check_budget(key)
+        alias = self._resolve(request.model)
+        chain = self.registry.chain(alias)
+        first: tuple[ChatModel, str] | None = None
+        if self.router is not None:
+            decision = await self.router.route(request, rec.workload)
+            if decision is not None:
+                rec.confidence = decision.confidence
+                rec.escalation = decision.escalation
+                if decision.model is not None:
+                    first = (decision.model, decision.route)
+        if request.stream:
+            await self._stream(receive, send, rec, state, request, data, chain, first, t0)
+        else:
+            await self._complete(send, rec, state, request, data, chain, first)
+
+    async def _read_body(self, receive: Any, length: bytes | None) -> bytes:
+        limit = self.max_body
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise RequestInvalid(
+                    "The Content-Length header is not a number.", code="invalid_header"
+                ) from None
+            if declared > limit:
+                raise BodyTooLarge(
+                    f"The request body is {declared} bytes; this gateway takes at most {limit}."
+                )
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(
+                        f"The request body is over {limit} bytes, the most this gateway takes."
+                    )
+                parts.append(chunk)
+            if not msg.get("more_body"):
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _resolve(self, model: str) -> str:
+        if model in self.registry:
+            return model
+        if self.default_model:
+            return self.default_model
+        raise ModelNotFound(model, self.registry.aliases())
+
+    def _attempts(
+        self, chain: list[str], first: tuple[ChatModel, str] | None
+    ) -> list[tuple[ChatModel | None, str, str]]:
+        """(model or None to look up, alias, route) in the order to try them."""
+        out: list[tuple[ChatModel | None, str, str]] = []
+        if first is not None:
+            out.append((first[0], first[0].name, first[1]))
+        for i, alias in enumerate(chain):
+            if first is not None:
+                route = f"escalated:error:{alias}" if i else "escalated:error"
+            else:
+                route = "direct" if i == 0 else f"fallback:{alias}"
+            out.append((None, alias, route))
+        return out
+
+    async def _complete(
+        self,
+        send: Any,
+        rec: TraceRecord,
+        state: _State,
+        request: ChatRequest,
+        data: dict[str, Any],
+        chain: list[str],
+        first: tuple[ChatModel, str] | None,
+    ) -> None:
+        error: Exception | None = None
+        for model, alias, route in self._attempts(chain, first):
+            rec.route, rec.model_served = route, alias
+            try:
+                if model is None:
+                    model = self.registry.get(alias)
+                out = await _complete_dict(model, request, data)
+            except FALLBACK_ERRORS as e:
+                error = e
+                log.info("Trace %s: %s failed (%s)", rec.id, alias, e.message)
+                continue
+            except ModelError as e:  # e.g. a specialist's output did not validate
+                if route.startswith("specialist:"):
+                    error = e
+                    continue
+                raise
+            body = _dumps(out)
+            await _send(send, 200, body, _JSON, rec.id, route)
+            state.sent = True
+            rec.response = out
+            rec.status, rec.http_status, rec.error = "ok", 200, None
+            _usage_into(rec, out.get("usage"))
+            return
+        assert error is not None
+        raise error
+
+    async def _stream(
+        self,
+        receive: Any,
+        send: Any,
+        rec: TraceRecord,
+        state: _State,
+        request: ChatRequest,
+        data: dict[str, Any],
+        chain: list[str],
+        first_model: tuple[ChatModel, str] | None,
+        t0: float,
+    ) -> None:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        error: Exception | None = None
+        chunks: AsyncIterator[dict[str, Any]] | None = None
+        first: dict[str, Any] | None = None
+        for model, alias, route in self._attempts(chain, first_model):
+            rec.route, rec.model_served = route, alias
+            try:
+                if model is None:
+                    model = self.registry.get(alias)
+                chunks = _stream_dicts(model, request, data)
+                first = await anext(chunks, None)
+            except FALLBACK_ERRORS as e:
+                error = e
+                log.info("Trace %s: %s failed before streaming (%s)", rec.id, alias, e.message)
+                if chunks is not None:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                chunks = None
+                continue
+            break
+        if chunks is None:
+            assert error is not None
+            raise error
+        headers = [
+            *_SSE_HEADERS,
+            (b"x-smallfleet-trace-id", rec.id.encode()),
+            (b"x-smallfleet-route", rec.route.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        state.sent = state.open_stream = True
+        first_sent = time.perf_counter() - t0
+        rec.http_status = 200
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        kept: list[dict[str, Any]] = []
+        usage: dict[str, Any] | None = None
+        try:
+            chunk = first
+            while chunk is not None:
+                u = chunk.get("usage")
+                if u:
+                    usage = u
+                kept.append(chunk)
+                choices = chunk.get("choices")
+                if choices or include_usage:
+                    if state.ttft is None and choices and _has_content(choices):
+                        state.ttft = time.perf_counter() - t0
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"data: " + _dumps(chunk) + b"\n\n",
+                            "more_body": True,
+                        }
+                    )
+                if gone.done():
+                    rec.status, rec.error = "client_disconnected", "the client disconnected mid-stream"
+                    return
+                chunk = await anext(chunks, None)
+            state.open_stream = False
+            await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+            rec.status, rec.error = "ok", None
+        except ModelError as e:
+            # Bytes are out already: no fallback now; tell the client in-band and end the stream.
+            rec.status, rec.error = "error", e.message
+            rec.http_status = e.status_code
+            event = b"data: " + _error_body(e) + b"\n\n"
+            state.open_stream = False
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+        finally:
+            gone.cancel()
+            await chunks.aclose()  # type: ignore[attr-defined]
+            state.latency = time.perf_counter() - t0
+            if state.ttft is None:
+                state.ttft = first_sent
+            rec.ttft_ms = state.ttft * 1000
+            rec.response = _assemble(kept)
+            if usage is not None:
+                _usage_into(rec, usage)
+            else:
+                _estimate_usage(rec, request, rec.response)
+            if rec.status == "client_disconnected":
+                rec.http_status = 499
+
+    async def _fail(self, send: Any, rec: TraceRecord, state: _State, e: SmallfleetError) -> None:
+        rec.status = "error"
+        rec.error = e.message
+        rec.http_status = e.status_code
+        if isinstance(e, (UpstreamError, UpstreamTimeout, RateLimited)):
+            log.warning("Trace %s failed upstream: %s", rec.id, e.message)
+        if state.open_stream:  # a stream had started: say it in-band and end it
+            event = b"data: " + _error_body(e) + b"\n\n"
+            state.open_stream = False
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        if state.sent:
+            return
+        if not isinstance(e, ModelError | _Internal):
+            rec.route = "rejected"
+        extra: list[tuple[bytes, bytes]] = []
+        retry_after = getattr(e, "retry_after", None)
+        if isinstance(e, RateLimited) and retry_after:
+            extra.append((b"retry-after", str(int(retry_after + 0.999)).encode()))
+        await _send(send, e.status_code, _error_body(e), _JSON, rec.id, rec.route, extra)
+        state.sent = True
+
+    def _finish(self, rec: TraceRecord, state: _State, t0: float) -> None:
+        latency = state.latency if state.latency is not None else time.perf_counter() - t0
+        rec.latency_ms = latency * 1000
+        if rec.status != "error" or rec.input_tokens or rec.output_tokens:
+            rec.cost_usd = self._cost(rec, latency)
+        if state.key is not None:
+            self.keys.add_spend(state.key.name, rec.cost_usd)
+        model = rec.model_served or (
+            rec.model_requested if rec.model_requested in self.registry else "unknown"
+        )
+        self.metrics.observe(
+            rec.workload,
+            model,
+            rec.route,
+            rec.status,
+            duration_s=latency,
+            input_tokens=rec.input_tokens,
+            output_tokens=rec.output_tokens,
+            cost_usd=rec.cost_usd,
+            ttft_s=state.ttft,
+        )
+        self.recorder.submit(rec)
+
+    def _cost(self, rec: TraceRecord, latency: float) -> float | None:
+        alias = rec.model_served
+        if alias is None or self.prices is None:
+            return None
+        if alias in self._local_aliases:
+            return self.prices.local_cost(latency)
+        cost = self.prices.cost(alias, rec.input_tokens, rec.output_tokens, rec.cached_tokens)
+        if cost is None and isinstance(rec.response, dict) and isinstance(rec.response.get("model"), str):
+            cost = self.prices.cost(
+                rec.response["model"], rec.input_tokens, rec.output_tokens, rec.cached_tokens
+            )
+        return cost
+
+
+class _State:
+    """What the request path knows about its own response."""
+
+    __slots__ = ("key", "latency", "open_stream", "sent", "ttft")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.open_stream = False
+        self.latency: float | None = None
+        self.ttft: float | None = None
+        self.key: GatewayKey | None = None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+async def _send(
+    send: Any,
+    status: int,
+    body: bytes,
+    ctype: bytes,
+    trace_id: str | None = None,
+    route: str | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    if trace_id is not None:
+        headers.append((b"x-smallfleet-trace-id", trace_id.encode()))
+    if route is not None:
+        headers.append((b"x-smallfleet-route", route.encode()))
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+def _has_content(choices: list[Any]) -> bool:
+    for c in choices:
+        d = c.get("delta") if isinstance(c, dict) else None
+        if d and (d.get("content") or d.get("tool_calls") or d.get("refusal")):
+            return True
+    return False
+
+
+def _usage_into(rec: TraceRecord, usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    rec.input_tokens = int(usage.get("prompt_tokens") or 0)
+    rec.output_tokens = int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        rec.cached_tokens = int(details.get("cached_tokens") or 0)
+
+
+def _estimate_usage(rec: TraceRecord, request: ChatRequest, response: dict[str, Any] | None) -> None:
+    """No usage from the upstream: about four characters a token."""
+    from smallfleet.types import content_text
+
+    prompt = sum(len(content_text(m.content)) for m in request.messages if hasattr(m, "content"))
+    rec.input_tokens = (prompt + 3) // 4
+    if response:
+        msg = (response.get("choices") or [{}])[0].get("message") or {}
+        out = len(msg.get("content") or "")
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            out += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+        rec.output_tokens = (out + 3) // 4
+
+
+def _assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The response a stream adds up to (for the trace)."""
+    from pydantic import ValidationError
+
+    from smallfleet.types import ChatChunk, chunks_to_response
+
+    if not chunks:
+        return None
+    try:
+        return chunks_to_response(ChatChunk.model_validate(c) for c in chunks).to_dict()
+    except ValidationError:
+        return {"chunks": chunks}
+
+
+async def _complete_dict(model: ChatModel, request: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:
+    """The model's answer as a wire dict; raw (no pydantic round trip) when the model offers it."""
+    raw = getattr(model, "complete_raw", None)
+    body_for = getattr(model, "body_for", None)
+    if raw is not None and body_for is not None:
+        body = body_for(data)
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        return await raw(body)
+    return (await model.complete(request)).to_dict()
+
+
+async def _stream_dicts(
+    model: ChatModel, request: ChatRequest, data: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """The model's stream as wire dicts, always asking for usage (hidden again if the client did not)."""
+    raw = getattr(model, "stream_raw", None)
+    body_for = getattr(model, "body_for", None)
+    if raw is not None and body_for is not None:
+        body = body_for(data)
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        async for chunk in raw(body):
+            yield chunk
+        return
+    from smallfleet.types import StreamOptions
+
+    asked = request.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+    async for c in model.stream(asked):
+        yield c.to_dict()
+
+
+# ---------------------------------------------------------------- construction
+
+
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    store: Any = None,
+    *,
+    router: Router | None = None,
+    recorder: Recorder | None = None,
+) -> Gateway:
+    """The gateway app for ``settings``.
+
+    ``registry`` defaults to one built from ``settings.models``; ``store`` to a
+    :class:`~smallfleet.store.TraceStore` on ``settings.store.url`` (closed with
+    the app; a store passed in stays the caller's to close).
+    """
+    from smallfleet.models.registry import ModelRegistry
+    from smallfleet.store.pricing import PriceTable
+    from smallfleet.store.redact import Redactor
+
+    registry = registry or ModelRegistry(settings)
+    owns_store = store is None
+    if store is None:
+        from smallfleet.store.trace_store import TraceStore
+
+        store = TraceStore(settings.store.url)
+    metrics = Metrics()
+    gw_cfg = settings.gateway
+    if recorder is None:
+        recorder = Recorder(
+            store,
+            redactor=Redactor(settings.redaction),
+            flush_interval_ms=gw_cfg.flush_interval_ms,
+            batch_size=gw_cfg.batch_size,
+            queue_size=gw_cfg.queue_size,
+            metrics=metrics,
+        )
+    else:
+        recorder.metrics = metrics
+
+    async def close_store() -> None:
+        if owns_store:
+            store.close()
+
+    return Gateway(
+        settings,
+        registry,
+        recorder,
+        prices=PriceTable(settings.pricing, dict(settings.models)),
+        router=router,
+        metrics=metrics,
+        on_close=close_store,
+        store=store,
+    )

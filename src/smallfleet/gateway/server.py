@@ -1,0 +1,113 @@
+"""Serving the gateway app with uvicorn: in the foreground (the CLI) or in a thread (tests, notebooks).
+
+Shutdown order on SIGTERM / SIGINT (uvicorn's, then ours): stop accepting
+connections, let in-flight requests finish, then the lifespan shutdown drains
+the trace queue into the store before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smallfleet.gateway.app import Gateway
+
+__all__ = ["BackgroundServer", "uvicorn_config"]
+
+
+def _fast(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8787, **kw: Any) -> Any:
+    """A uvicorn config for the gateway: uvloop and httptools when installed (the ``fast`` extra)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if _fast("uvloop") else "asyncio",
+        http="httptools" if _fast("httptools") else "h11",
+        lifespan="on",
+        access_log=False,
+        log_level=kw.pop("log_level", "warning"),
+        timeout_keep_alive=kw.pop("timeout_keep_alive", 30),
+        backlog=kw.pop("backlog", 4096),
+        **kw,
+    )
+
+
+class BackgroundServer:
+    """Serve an ASGI app on 127.0.0.1 in a daemon thread; ``with`` it, or ``start()``/``stop()``.
+
+    ``url`` is the OpenAI base URL (ends in ``/v1``). Stopping runs the app's
+    lifespan shutdown, so the gateway drains its traces before :meth:`stop` returns.
+    """
+
+    def __init__(self, app: Gateway | Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self._port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._sock is not None, "start() the server first"
+        return self._sock.getsockname()[1]
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._port))
+        self._sock = sock
+        config = uvicorn_config(self.app, self.host, self.port)
+        config.loop = "asyncio"  # a thread of its own; uvloop's policy is process-wide
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[sock])),
+            name="smallfleet-gateway",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("The gateway did not start.")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+        self._server = self._thread = None
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
