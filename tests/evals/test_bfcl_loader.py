@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -13,7 +14,10 @@ import pytest
 from smallfleet.errors import UserError
 from smallfleet.evals.bfcl import BFCLSource, convert_function, list_categories, load_category, score
 from smallfleet.evals.tool_match import calls_from_response
+from smallfleet.testing.upstream import Reply, ScriptedUpstream
 from smallfleet.types import ChatResponse
+
+RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "bfcl" / "run.py"
 
 SIMPLE = [
     {
@@ -124,7 +128,36 @@ LIVE_ANSWERS = [
     }
 ]
 
+LIVE_SIMPLE = [
+    {
+        "id": "live_simple_0-0-0",
+        "question": [[{"role": "user", "content": "Details for user 7890, special request black."}]],
+        "function": [
+            {
+                "name": "get_user_info",
+                "description": "Details of a user.",
+                "parameters": {
+                    "type": "dict",
+                    "required": ["user_id"],
+                    "properties": {
+                        "user_id": {"type": "integer"},
+                        "special": {"type": "string", "default": "none"},
+                    },
+                },
+            }
+        ],
+    }
+]
+LIVE_SIMPLE_ANSWERS = [
+    {
+        "id": "live_simple_0-0-0",
+        "ground_truth": [{"get_user_info": {"user_id": [7890], "special": ["black"]}}],
+    }
+]
+
 FILES: dict[str, list[dict[str, Any]]] = {
+    "BFCL_v4_live_simple.json": LIVE_SIMPLE,
+    "possible_answer/BFCL_v4_live_simple.json": LIVE_SIMPLE_ANSWERS,
     "BFCL_v4_simple_python.json": SIMPLE,
     "possible_answer/BFCL_v4_simple_python.json": SIMPLE_ANSWERS,
     "BFCL_v4_parallel.json": PARALLEL,
@@ -163,8 +196,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_categories_from_the_wheel_and_a_folder(wheel: Path, folder: Path) -> None:
-    assert list_categories(wheel) == ["live_multiple", "parallel", "simple_python"]
-    assert list_categories(folder) == ["live_multiple", "parallel", "simple_python"]
+    assert list_categories(wheel) == ["live_multiple", "live_simple", "parallel", "simple_python"]
+    assert list_categories(folder) == ["live_multiple", "live_simple", "parallel", "simple_python"]
 
 
 def test_entries_become_openai_requests(wheel: Path) -> None:
@@ -246,8 +279,8 @@ def test_wrong_predictions_score_0(wheel: Path) -> None:
 
 def test_limit_and_clear_errors(wheel: Path, tmp_path: Path) -> None:
     assert len(load_category(wheel, "parallel", limit=0)) == 0
-    with pytest.raises(UserError, match="available: live_multiple, parallel, simple_python"):
-        load_category(wheel, "live_simple")
+    with pytest.raises(UserError, match="available: live_multiple, live_simple, parallel, simple_python"):
+        load_category(wheel, "irrelevance")
     with pytest.raises(UserError, match="pip download bfcl-eval=="):
         BFCLSource(tmp_path / "missing.whl")
     bad = tmp_path / "bad"
@@ -256,3 +289,35 @@ def test_limit_and_clear_errors(wheel: Path, tmp_path: Path) -> None:
     (bad / "possible_answer" / "BFCL_v4_x.json").write_text("")
     with pytest.raises(UserError, match="line 2 is not valid JSON"):
         load_category(bad, "x")
+
+
+def test_the_endpoint_benchmark_against_a_scripted_upstream(wheel: Path, tmp_path: Path) -> None:
+    """benchmarks/bfcl/run.py --endpoint: real HTTP to a scripted server; one right answer, one failure."""
+    spec = importlib.util.spec_from_file_location("bfcl_run", RUN_PY)
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+
+    def answer(body: dict[str, Any]) -> Reply:
+        user = body["messages"][-1]["content"]
+        if user.startswith("Details for user"):
+            return Reply.tool_call("get_user_info", {"user_id": 7890, "special": "Black"})
+        return Reply.error(400, "this model cannot do that")
+
+    out = tmp_path / "endpoint.json"
+    with ScriptedUpstream(answer) as up:
+        argv = ["--wheel", str(wheel), "--endpoint", up.url, "--model", "slm-test", "--out", str(out)]
+        assert run.main(argv) == 0
+        sent = up.requests
+    result = json.loads(out.read_text())
+    assert result["mode"] == "endpoint" and result["eval"]["n"] == 2
+    assert result["accuracy"] == 0.5
+    assert result["per_category"] == {
+        "live_simple": {"n": 1, "accuracy": 1.0},
+        "live_multiple": {"n": 1, "accuracy": 0.0},
+    }
+    assert result["failures"] == {"request failed": 1}
+    assert result["latency_ms"]["n"] == 2
+    assert {b["model"] for b in sent} == {"slm-test"}
+    tool_names = {t["function"]["name"] for b in sent for t in b["tools"]}
+    assert tool_names == {"get_user_info", "ChaDri_change_drink", "ChaFod"}
