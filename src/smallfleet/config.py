@@ -220,30 +220,46 @@ def _known_keys(model: type[BaseModel] | None) -> list[str]:
 def _explain(e: ValidationError, source: str) -> ConfigError:
     lines = []
     for err in e.errors(include_url=False):
-        loc = [str(p) for p in err["loc"] if p not in ("openai", "local", "specialist")]
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) >= 3 and loc[0] == "models" and loc[2] in ("openai", "local", "specialist"):
+            del loc[2]  # the backend tag pydantic adds, not a key
         key = ".".join(loc)
         if err["type"] == "extra_forbidden":
             section = _section_for(loc[:-1])
             close = difflib.get_close_matches(loc[-1], _known_keys(section), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"unknown key {key!r}{hint}")
+        elif err["type"] == "union_tag_not_found" and loc[:1] == ["models"]:
+            lines.append(f"{key}: missing 'backend' (openai, local or specialist)")
         else:
             lines.append(f"{key}: {err['msg']}")
     return ConfigError(f"Invalid configuration in {source}: " + "; ".join(lines))
 
 
 def _section_for(loc: list[str]) -> type[BaseModel] | None:
+    import typing
+
     model: type[BaseModel] | None = Settings
     i = 0
     while i < len(loc) and model is not None:
         part = loc[i]
         if model is Settings and part == "models":
             # models.<alias> → we cannot tell the backend here; offer every backend's keys.
-            return _AnyModel if i + 1 < len(loc) else None
+            model, i = (_AnyModel, i + 2) if i + 1 < len(loc) else (None, i + 1)
+            continue
         field = model.model_fields.get(part)
         ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         i += 1
+        # Price | None → Price; list[GatewayKey] and dict[str, Price] also skip the index or name.
+        while ann is not None and not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            origin, args = typing.get_origin(ann), typing.get_args(ann)
+            if origin in (list, dict):
+                i += 1
+                ann = args[-1] if args else None
+            else:
+                found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                ann = found[0] if found else None
+        model = ann
     return model
 
 
