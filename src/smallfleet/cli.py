@@ -64,7 +64,11 @@ def main() -> None:
     try:
         app()
     except SmallfleetError as e:
-        console(stderr=True).print(f"[bold red]error:[/] {e.message}", highlight=False)
+        from rich.markup import escape
+
+        # escape: messages hold brackets ("smallfleet[local]", "messages[0]") that are not markup
+        line = f"[bold red]error:[/] {escape(e.message)}"
+        console(stderr=True).print(line, highlight=False, soft_wrap=True)
         sys.exit(2 if not hasattr(e, "status") else 1)
 
 
