@@ -93,19 +93,22 @@ def import_(
         store.close()
     out = console()
     again = f" ({imported - added} were already stored)" if added < imported else ""
-    out.print(f"Imported {added} new trace(s) from {file} into {store}{again}.", highlight=False)
+    out.print(
+        f"Imported {added} new trace(s) from {file} into {store}{again}.", highlight=False, soft_wrap=True
+    )
     if unknown_request:
         out.print(
             f"{unknown_request} trace(s) have no request (batch output without --batch-input): "
             "they count in stats but cannot train specialists.",
             highlight=False,
+            soft_wrap=True,
         )
     if bad:
-        err.print(f"[yellow]{len(bad)} bad line(s) skipped:[/]", highlight=False)
+        err.print(f"[yellow]{len(bad)} bad line(s) skipped:[/]", highlight=False, soft_wrap=True)
         for lineno, why in bad[:show_bad]:
-            err.print(f"  line {lineno}: {why}", highlight=False, markup=False)
+            err.print(f"  line {lineno}: {why}", highlight=False, markup=False, soft_wrap=True)
         if len(bad) > show_bad:
-            err.print(f"  … and {len(bad) - show_bad} more", highlight=False)
+            err.print(f"  … and {len(bad) - show_bad} more", highlight=False, soft_wrap=True)
         if imported == 0:
             raise typer.Exit(1)
 
@@ -155,7 +158,7 @@ def export(
     finally:
         store.close()
     if out is not None:
-        console().print(f"Exported {n} trace(s) to {out}.", highlight=False)
+        console().print(f"Exported {n} trace(s) to {out}.", highlight=False, soft_wrap=True)
 
 
 @traces_app.command("show")
@@ -169,7 +172,9 @@ def show(trace_id: str = typer.Argument(..., help="The trace id (x-smallfleet-tr
     try:
         rec = store.get_trace(trace_id.strip())
         if rec is None:
-            console(stderr=True).print(f"No trace with id {trace_id!r} in {store}.", highlight=False)
+            console(stderr=True).print(
+                f"No trace with id {trace_id!r} in {store}.", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1)
         data = record_to_line(rec)
         fb = store.get_feedback(rec.id)
