@@ -204,3 +204,25 @@ def test_assignment_is_validated() -> None:
     s = Settings()
     with pytest.raises(ValueError):
         s.gateway.port = "not a port"  # type: ignore[assignment]
+
+
+def test_docs_name_every_key() -> None:
+    """docs/config.md cannot drift: every section and key of the settings is in it."""
+    from pydantic import BaseModel
+
+    import smallfleet.config as config
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    sections = [
+        cls
+        for cls in vars(config).values()
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and cls.__module__ == config.__name__
+    ]
+    missing = []
+    for cls in sections:
+        for name, field in cls.model_fields.items():
+            if field.exclude:
+                continue
+            if f"`{name}`" not in docs:
+                missing.append(f"{cls.__name__}.{name}")
+    assert not missing, f"docs/config.md does not describe: {missing}"
