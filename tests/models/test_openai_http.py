@@ -236,6 +236,15 @@ async def test_other_4xx_are_not_retried(upstream: ScriptedUpstream) -> None:
     assert len(upstream.requests) == 1
 
 
+async def test_404_hints_at_base_url(upstream: ScriptedUpstream) -> None:
+    upstream.push(Reply(status=404, body={"error": {"message": "Not Found"}}))
+    m = OpenAICompatible(base_url=upstream.base, model="m")  # forgot the /v1
+    with pytest.raises(UpstreamError) as ei:
+        await m.complete(req())
+    await m.aclose()
+    assert ei.value.status == 404 and "/v1" in ei.value.message
+
+
 async def test_read_timeout(upstream: ScriptedUpstream) -> None:
     upstream.push(Reply.text("too late", delay=0.8))
     m = model(upstream, read_timeout=0.2, max_retries=2)

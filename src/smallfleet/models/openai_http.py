@@ -225,7 +225,10 @@ class OpenAICompatible(ChatModel):
                 ),
                 wait,
             )
-        err = UpstreamError(f"{where}{tries}: {self._snippet(text)}", status=status, body=text)
+        hint = ""
+        if status == 404 and not self.base_url.endswith("/v1"):
+            hint = " (check base_url: OpenAI-compatible servers usually serve under /v1)"
+        err = UpstreamError(f"{where}{tries}{hint}: {self._snippet(text)}", status=status, body=text)
         if status >= 500:
             return _Retry(err, _retry_after(headers))
         return err
