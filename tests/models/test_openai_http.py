@@ -161,6 +161,18 @@ async def test_sse_comments_multiline_data_and_keepalives(upstream: ScriptedUpst
     assert chunks_to_response(chunks).text == "Hello"
 
 
+async def test_text_completion_object_is_tolerated(upstream: ScriptedUpstream) -> None:
+    """TGI and LoRAX label chat answers ``"object": "text_completion"``."""
+    body = ChatResponse.of_text("lorax", "fine").to_dict() | {"object": "text_completion"}
+    chunk = {"id": "c", "object": "text_completion", "created": 1, "model": "lorax"}
+    chunk["choices"] = [{"index": 0, "delta": {"content": "fine"}, "finish_reason": "stop"}]
+    upstream.push(Reply(body=body), Reply(chunks=[chunk]))
+    m = model(upstream)
+    assert (await m.complete(req())).text == "fine"
+    assert chunks_to_response([c async for c in m.stream(req())]).text == "fine"
+    await m.aclose()
+
+
 async def test_stream_against_a_server_that_ignores_stream(upstream: ScriptedUpstream) -> None:
     upstream.push(Reply.text("not streamed"))
     m = model(upstream)
@@ -309,6 +321,30 @@ async def test_stream_cut_midway(upstream: ScriptedUpstream) -> None:
     assert "ended early" in ei.value.message
     assert len(got) == 3  # what arrived before the cut was delivered
     assert len(upstream.requests) == 1  # no retry once the stream had begun
+
+
+def _sse(*events: dict[str, Any]) -> Reply:
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events)  # a complete body, no [DONE]
+    return Reply(body=body, headers={"content-type": "text/event-stream"})
+
+
+async def test_stream_without_done(upstream: ScriptedUpstream) -> None:
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    part = {**head, "choices": [{"index": 0, "delta": {"content": "half"}}]}
+    last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    upstream.push(_sse(part, last), _sse(part), _sse({**head, "choices": "nope"}))
+    m = model(upstream)
+    # finished (a finish_reason came) but no [DONE]: some servers do that; accepted
+    assert chunks_to_response([c async for c in m.stream(req())]).text == "half"
+    # neither [DONE] nor a finish_reason: cut short
+    with pytest.raises(UpstreamError, match="ended early"):
+        async for _ in m.stream(req()):
+            pass
+    # a chunk that is not a chat completion chunk
+    with pytest.raises(UpstreamError, match="not a chat completion chunk"):
+        async for _ in m.stream(req()):
+            pass
+    await m.aclose()
 
 
 async def test_stream_retries_before_first_byte(upstream: ScriptedUpstream) -> None:

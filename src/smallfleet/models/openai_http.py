@@ -324,8 +324,11 @@ class OpenAICompatible(ChatModel):
     def _response(self, data: dict[str, Any]) -> ChatResponse:
         from pydantic import ValidationError
 
+        fixed = data
+        if data.get("object") != "chat.completion":
+            fixed = {**data, "object": "chat.completion"}  # TGI/LoRAX say "text_completion"
         try:
-            return ChatResponse.model_validate(data)
+            return ChatResponse.model_validate(fixed)
         except ValidationError as e:
             text = json.dumps(data, ensure_ascii=False)
             first = e.errors(include_url=False)[0]
@@ -467,8 +470,11 @@ class OpenAICompatible(ChatModel):
         from pydantic import ValidationError
 
         async for obj in self.stream_raw(self.body_for(request)):
+            fixed = obj
+            if obj.get("object") != "chat.completion.chunk":
+                fixed = {**obj, "object": "chat.completion.chunk"}  # TGI/LoRAX say "text_completion"
             try:
-                yield ChatChunk.model_validate(obj)
+                yield ChatChunk.model_validate(fixed)
             except ValidationError as e:
                 text = json.dumps(obj, ensure_ascii=False)
                 raise UpstreamError(
