@@ -296,6 +296,8 @@ async def test_connection_refused_after_retries() -> None:
         ("<html>502 Bad Gateway</html>", "not JSON"),
         ("[1, 2]", "not an object"),
         ('{"id": "x", "object": "chat.completion"}', "'choices'"),
+        ('{"error": {"message": "context length exceeded"}}', "an error"),
+        ("", "not JSON"),
         ('{"model": "m", "choices": [{"message": {"role": "robot"}}]}', "not a chat completion"),
     ],
 )

@@ -287,32 +287,23 @@ class OpenAICompatible(ChatModel):
         return await self._with_retries(attempt)
 
     def _decode(self, raw: bytes, status: int) -> dict[str, Any]:
-        text = raw.decode("utf-8", "replace")
         try:
             data = json.loads(raw)
         except ValueError as e:
-            raise UpstreamError(
-                f"{self.url} answered with a body that is not JSON ({e}): {self._snippet(text)}",
-                status=status,
-                body=text,
-            ) from None
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                f"{self.url} answered with JSON that is not an object: {self._snippet(text)}",
-                status=status,
-                body=text,
-            )
-        if "error" in data and "choices" not in data:
-            raise UpstreamError(
-                f"{self.url} answered with an error: {self._snippet(text)}", status=status, body=text
-            )
-        if not isinstance(data.get("choices"), list):
-            raise UpstreamError(
-                f"{self.url} answered without a 'choices' list: {self._snippet(text)}",
-                status=status,
-                body=text,
-            )
-        return data
+            problem = f"a body that is not JSON ({e})"
+        else:
+            if not isinstance(data, dict):
+                problem = "JSON that is not an object"
+            elif isinstance(data.get("choices"), list):
+                return data  # the fast path: nothing else is looked at
+            elif "error" in data:
+                problem = "an error"
+            else:
+                problem = "no 'choices' list"
+        text = raw.decode("utf-8", "replace")
+        raise UpstreamError(
+            f"{self.url} answered with {problem}: {self._snippet(text)}", status=status, body=text
+        )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         body = self.body_for(request)
