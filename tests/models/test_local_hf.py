@@ -264,6 +264,19 @@ async def test_adapters_change_output_and_are_selectable(lm: LocalCausalLM) -> N
     assert (by_meta.text, by_model.text, plain.text) == (alpha.text, beta.text, base.text)
 
 
+async def test_concurrent_requests_are_served_one_at_a_time(lm: LocalCausalLM) -> None:
+    import asyncio
+
+    # adapters switch per request while other requests wait for the model
+    rs = [
+        req(temperature=1.0, seed=s, max_tokens=8, metadata={"adapter": a})
+        for s, a in enumerate(["alpha", "beta"])
+    ]
+    together = await asyncio.gather(*(lm.complete(r) for r in rs * 2))
+    alone = [await lm.complete(r) for r in rs * 2]
+    assert [r.text for r in together] == [r.text for r in alone]
+
+
 async def test_stream_matches_complete(lm: LocalCausalLM) -> None:
     r = req(temperature=1.0, seed=9, max_tokens=15, stream=True, stream_options={"include_usage": True})
     chunks = [c async for c in lm.stream(r)]

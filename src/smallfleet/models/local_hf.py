@@ -218,7 +218,7 @@ def enforceable(schema: Any) -> Any:
     is_string = types == "string" or (isinstance(types, list) and "string" in types)
     bounded = "minLength" in out or "maxLength" in out
     if is_string and bounded and not any(k in out for k in ("pattern", "format", "enum", "const")):
-        lo, hi = int(out.get("minLength", 0)), out.get("maxLength")
+        lo, hi = int(out.pop("minLength", 0)), out.pop("maxLength", None)
         top = "" if hi is None else str(int(hi))
         out["pattern"] = '^[^\\x00-\\x1f"\\\\]{' + f"{lo},{top}" + "}$"
     for key in _NESTED:
@@ -328,6 +328,7 @@ class LocalCausalLM(ChatModel):
         self._cache_kw = "past_key_values"
         self._grammars: OrderedDict[str, Any] = OrderedDict()
         self._load_lock = threading.Lock()
+        self._grammar_lock = threading.Lock()
         self._lock = threading.Lock()
 
     @classmethod
@@ -462,6 +463,10 @@ class LocalCausalLM(ChatModel):
         return kind, spec
 
     def _grammar(self, spec: dict[str, Any]) -> Any:
+        with self._grammar_lock:
+            return self._compile(spec)
+
+    def _compile(self, spec: dict[str, Any]) -> Any:
         key = json.dumps(spec, sort_keys=True)
         if key in self._grammars:
             self._grammars.move_to_end(key)
