@@ -190,7 +190,7 @@ async def test_retry_after_is_honoured_then_success(upstream: ScriptedUpstream) 
     await m.aclose()
     assert resp.text == "finally"
     assert len(upstream.requests) == 2
-    assert 0.95 <= waited < 3.0  # the 1 s asked for, not the 10 ms backoff
+    assert 0.95 <= waited < 4.0  # the 1 s asked for, not the 10 ms backoff
 
 
 async def test_retry_after_capped_by_backoff_max(upstream: ScriptedUpstream) -> None:
@@ -258,12 +258,12 @@ async def test_404_hints_at_base_url(upstream: ScriptedUpstream) -> None:
 
 
 async def test_read_timeout(upstream: ScriptedUpstream) -> None:
-    upstream.push(Reply.text("too late", delay=0.8))
+    upstream.push(Reply.text("too late", delay=1.5))
     m = model(upstream, read_timeout=0.2, max_retries=2)
     t0 = time.monotonic()
     with pytest.raises(UpstreamTimeout) as ei:
         await m.complete(req())
-    assert time.monotonic() - t0 < 0.7
+    assert time.monotonic() - t0 < 1.2
     await m.aclose()
     assert upstream.url in ei.value.message
     assert len(upstream.requests) == 1  # a read timeout is not retried
