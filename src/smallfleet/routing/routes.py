@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from smallfleet.errors import UserError
-from smallfleet.store.fleet_tables import route_events, routes
+from smallfleet.store.fleet_tables import route_checks, route_events, routes
 
 __all__ = ["Route", "RouteEvent", "RouteStore", "parse_mode"]
 
@@ -198,3 +198,42 @@ class RouteStore:
             self._event(conn, name, target.version, actor, "rollback", from_version=current.version)
         target.active = True
         return target
+
+    # ------------------------------------------------------------ agreement
+
+    def record_check(
+        self,
+        name: str,
+        version: int | None,
+        kind: str,
+        agree: bool,
+        confidence: float | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        """Record one comparison of the specialist with the large model (``shadow`` or ``guard``)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(route_checks).values(
+                    route=name,
+                    version=version,
+                    trace_id=trace_id,
+                    at=time.time(),
+                    kind=kind,
+                    agree=bool(agree),
+                    confidence=confidence,
+                )
+            )
+
+    def agreement(
+        self, name: str, version: int | None = None, kind: str | None = None, window: int = 200
+    ) -> tuple[float | None, int]:
+        """Agreement over the last ``window`` checks of ``name`` (and ``version``/``kind``): (rate, n)."""
+        q = sa.select(route_checks.c.agree).where(route_checks.c.route == name)
+        if version is not None:
+            q = q.where(route_checks.c.version == version)
+        if kind is not None:
+            q = q.where(route_checks.c.kind == kind)
+        q = q.order_by(route_checks.c.at.desc(), route_checks.c.id.desc()).limit(window)
+        with self.engine.connect() as conn:
+            flags = [bool(r[0]) for r in conn.execute(q)]
+        return (sum(flags) / len(flags) if flags else None), len(flags)

@@ -12,7 +12,16 @@ import sqlalchemy as sa
 
 from smallfleet.store.tables import JSONType, metadata
 
-__all__ = ["candidates", "clusters", "flywheel_runs", "m0002_fleet", "route_events", "routes"]
+__all__ = [
+    "candidates",
+    "clusters",
+    "flywheel_runs",
+    "m0002_fleet",
+    "m0003_route_checks",
+    "route_checks",
+    "route_events",
+    "routes",
+]
 
 
 def _fleet_tables(md: sa.MetaData, json: sa.types.TypeEngine[object]) -> dict[str, sa.Table]:
@@ -99,7 +108,31 @@ def m0002_fleet(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _route_checks(md: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "route_checks",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("route", sa.String(200), nullable=False),
+        sa.Column("version", sa.Integer),
+        sa.Column("trace_id", sa.String(64)),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("agree", sa.Boolean, nullable=False),
+        sa.Column("confidence", sa.Float),
+        sa.Index("ix_route_checks_route", "route", "at"),
+    )
+
+
+def m0003_route_checks(conn: sa.Connection) -> None:
+    """Migration 0003: shadow and guard comparisons with the large model (frozen as shipped)."""
+    md = sa.MetaData()
+    _route_checks(md)
+    md.create_all(conn)
+
+
 _t = _fleet_tables(metadata, JSONType)
+route_checks = _route_checks(metadata)
 flywheel_runs = _t["flywheel_runs"]
 clusters = _t["clusters"]
 candidates = _t["candidates"]

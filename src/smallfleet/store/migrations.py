@@ -15,7 +15,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from smallfleet.store.fleet_tables import m0002_fleet
+from smallfleet.store.fleet_tables import m0002_fleet, m0003_route_checks
 from smallfleet.store.tables import migrations_table
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "pending_migrations", "run_migrations"]
@@ -84,6 +84,7 @@ def _m0001_traces(conn: sa.Connection) -> None:
 MIGRATIONS: list[Migration] = [
     ("0001_traces_and_feedback", _m0001_traces),
     ("0002_fleet", m0002_fleet),
+    ("0003_route_checks", m0003_route_checks),
 ]
 
 
