@@ -19,15 +19,15 @@ def gateway(
     """
     import logging
 
-    import uvicorn
-
     from smallfleet.gateway.app import create_app
-    from smallfleet.gateway.server import uvicorn_config
+    from smallfleet.gateway.server import serve
 
     s = settings()
     host = host or s.gateway.host
     port = s.gateway.port if port is None else port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):  # one line per upstream call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app = create_app(s)
     aliases = ", ".join(app.registry.aliases()) or "none (add some under models: in smallfleet.yaml)"
     out = console()
@@ -35,8 +35,7 @@ def gateway(
     out.print(f"  models: {aliases}", highlight=False)
     out.print(f"  traces: {_safe_url(s.store.url)}", highlight=False)
     out.print(f"  keys: {'required' if s.gateway.keys else 'off'}", highlight=False)
-    server = uvicorn.Server(uvicorn_config(app, host, port, log_level=log_level))
-    server.run()
+    serve(app, host, port, log_level=log_level)
     out.print(
         f"stopped; {app.recorder.written} traces written, {app.recorder.dropped} dropped", highlight=False
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smallfleet.gateway.app import Gateway
 
-__all__ = ["BackgroundServer", "uvicorn_config"]
+__all__ = ["BackgroundServer", "serve", "uvicorn_config"]
 
 
 def _fast(module: str) -> bool:
@@ -44,6 +44,22 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8787, **kw: An
         backlog=kw.pop("backlog", 4096),
         **kw,
     )
+
+
+def serve(app: Any, host: str, port: int, log_level: str = "info") -> None:
+    """Serve in the foreground until SIGTERM / SIGINT, then shut down gracefully and return.
+
+    uvicorn re-raises the signal after its graceful shutdown (so the process dies
+    of it); we return instead, so the caller can report and exit with status 0.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    _Server(uvicorn_config(app, host, port, log_level=log_level)).run()
 
 
 class BackgroundServer:
