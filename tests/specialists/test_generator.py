@@ -194,6 +194,26 @@ def test_tool_call_generator_validates(tiny: Path) -> None:
         assert pred.confidence > 0
 
 
+def test_free_text_generator(tiny: Path) -> None:
+    examples = [
+        Example(
+            ex.request.model_copy(update={"response_format": None}),
+            ChatResponse.of_text("t", "Booked, see you!"),
+        )
+        for ex in json_examples(8, seed=2)
+    ]
+    gen = Generator(str(tiny), epochs=2, lr=1e-2, rank=4, dropout=0.0, batch_size=8, progress=False)
+    gen.fit(examples)
+    assert gen.output == "text"
+    request = json_examples(1, seed=13, schema_in_request=False)[0].request
+    (pred,) = gen.predict([request.model_copy(update={"max_completion_tokens": 6})])
+    assert pred.response.message.tool_calls is None
+    assert pred.response.usage is not None and pred.response.usage.completion_tokens <= 6
+    assert (
+        pred.confidence == 0.0 if pred.response.choices[0].finish_reason == "length" else pred.confidence > 0
+    )
+
+
 def test_export_is_a_plain_peft_adapter(saved: Path, tiny: Path, json_gen: Generator) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
