@@ -257,6 +257,16 @@ async def test_404_hints_at_base_url(upstream: ScriptedUpstream) -> None:
     assert ei.value.status == 404 and "/v1" in ei.value.message
 
 
+async def test_401_hints_at_the_key(upstream: ScriptedUpstream) -> None:
+    upstream.push(Reply(status=401, body={"error": {"message": "Incorrect API key provided"}}))
+    m = model(upstream)
+    with pytest.raises(UpstreamError) as ei:
+        await m.complete(req())
+    await m.aclose()
+    assert ei.value.status == 401 and "api_key_env" in ei.value.message
+    assert len(upstream.requests) == 1
+
+
 async def test_read_timeout(upstream: ScriptedUpstream) -> None:
     upstream.push(Reply.text("too late", delay=1.5))
     m = model(upstream, read_timeout=0.2, max_retries=2)

@@ -228,6 +228,10 @@ class OpenAICompatible(ChatModel):
         hint = ""
         if status == 404 and not self.base_url.endswith("/v1"):
             hint = " (check base_url: OpenAI-compatible servers usually serve under /v1)"
+        elif status == 401:
+            hint = " (check the API key: " + (
+                "the variable named by api_key_env)" if self._api_key else "none is set; add api_key_env)"
+            )
         err = UpstreamError(f"{where}{tries}{hint}: {self._snippet(text)}", status=status, body=text)
         if status >= 500:
             return _Retry(err, _retry_after(headers))
