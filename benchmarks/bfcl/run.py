@@ -126,7 +126,7 @@ def train_specialist(train: list[BFCLEntry], validation: list[BFCLEntry], args: 
 
     console.print(f"training tool_caller on {len(train)} examples ({', '.join(TRAIN_CATEGORIES)})")
     start = time.perf_counter()
-    specialist = ToolCaller().fit(examples(train), examples(validation))
+    specialist = ToolCaller(epochs=args.epochs, progress=True).fit(examples(train), examples(validation))
     seconds = time.perf_counter() - start
     if args.save:
         specialist.save(args.save)
@@ -178,8 +178,8 @@ def thresholds_report(
 
 
 def run_specialist(args: argparse.Namespace, wheel: Path) -> dict[str, Any]:
-    train_all = load(wheel, TRAIN_CATEGORIES, args.limit)
-    live = load(wheel, EVAL_CATEGORIES, args.limit)
+    train_all = load(wheel, TRAIN_CATEGORIES, args.train_limit or args.limit)
+    live = load(wheel, EVAL_CATEGORIES, args.eval_limit or args.limit)
     val = [e for i, e in enumerate(train_all) if i % 10 == 0]
     train = [e for i, e in enumerate(train_all) if i % 10 != 0]
     specialist, train_seconds = train_specialist(train, val, args)
@@ -262,7 +262,7 @@ async def _ask_endpoint(args: argparse.Namespace, entries: list[BFCLEntry]) -> t
 
 
 def run_endpoint(args: argparse.Namespace, wheel: Path) -> dict[str, Any]:
-    live = load(wheel, EVAL_CATEGORIES, args.limit)
+    live = load(wheel, EVAL_CATEGORIES, args.eval_limit or args.limit)
     start = time.perf_counter()
     answers, latencies = asyncio.run(_ask_endpoint(args, live))
     seconds = time.perf_counter() - start
@@ -379,9 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel", type=Path, help=f"the bfcl-eval=={BFCL_VERSION} wheel (else fetched)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the wheel is fetched to")
     parser.add_argument("--limit", type=int, help="at most N entries per category (a quick run)")
+    parser.add_argument("--train-limit", type=int, help="at most N entries per training category")
+    parser.add_argument("--eval-limit", type=int, help="at most N entries per live category")
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/bfcl/results-<mode>.json)")
     parser.add_argument("--save", type=Path, help="save the trained specialist here")
     parser.add_argument("--load", type=Path, help="skip training: load a saved tool_caller")
+    parser.add_argument("--epochs", type=int, default=3, help="tool_caller training epochs")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--endpoint", help="an OpenAI-compatible base URL (…/v1): evaluate it instead")
     parser.add_argument("--model", help="the model name to send to --endpoint")
@@ -397,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result = run_endpoint(args, wheel) if args.endpoint else run_specialist(args, wheel)
     result["bfcl_version"] = BFCL_VERSION
+    result["limits"] = {"train": args.train_limit or args.limit, "eval": args.eval_limit or args.limit}
     result["machine"] = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
