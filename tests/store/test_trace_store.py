@@ -230,6 +230,13 @@ def test_nul_characters_do_not_lose_the_batch(store: TraceStore) -> None:
     assert got is not None and got.request["messages"][0]["content"] in ("a\x00b", "a\ufffdb")  # type: ignore[index]
 
 
+def test_non_finite_numbers_are_stored_as_null(store: TraceStore) -> None:
+    # Python's json module reads NaN/Infinity from a request body; JSON (and jsonb) has no such values.
+    store.write_traces([rec(1, request={"temperature": float("nan"), "x": [float("inf"), 1.5]})])
+    got = store.get_trace("t00001")
+    assert got is not None and got.request == {"temperature": None, "x": [None, 1.5]}
+
+
 def test_sqlite_is_wal(tmp_path) -> None:  # type: ignore[no-untyped-def]
     s = TraceStore(f"sqlite:///{tmp_path}/sub/dir/x.db")
     with s.engine.connect() as conn:
