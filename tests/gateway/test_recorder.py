@@ -1,0 +1,106 @@
+"""The recorder on a real SQLite TraceStore: batches, bounded queue, retries, redaction, drain on close."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from smallfleet.config import RedactionConfig
+from smallfleet.gateway.metrics import Metrics
+from smallfleet.gateway.recorder import Recorder
+from smallfleet.store.records import TraceRecord
+from smallfleet.store.redact import Redactor
+from smallfleet.store.trace_store import TraceStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TraceStore]:
+    s = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    yield s
+    s.close()
+
+
+class FlakyStore:
+    """The real store behind a switch that makes the first ``fail`` writes raise (a database outage)."""
+
+    def __init__(self, store: TraceStore, fail: int = 0) -> None:
+        self.store, self.fail, self.batches = store, fail, []
+
+    def write_traces(self, records: Sequence[TraceRecord]) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("database is down")
+        self.batches.append(len(records))
+        self.store.write_traces(records)
+
+
+def rec(i: int, text: str = "hello") -> TraceRecord:
+    return TraceRecord(
+        request={"model": "m", "messages": [{"role": "user", "content": text}]}, workload=f"w{i}"
+    )
+
+
+def test_batches_and_drain_on_close(store: TraceStore) -> None:
+    sink = FlakyStore(store)
+    r = Recorder(sink, flush_interval_ms=10_000, batch_size=3)  # only size or close triggers a write
+    r.start()
+    for i in range(7):
+        assert r.submit(rec(i))
+    r.close()
+    assert store.count_traces() == 7
+    assert max(sink.batches) <= 3 and sum(sink.batches) == 7
+    assert r.depth() == 0 and r.written == 7
+
+
+def test_full_queue_drops_counts_and_warns(store: TraceStore, caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    r = Recorder(store, queue_size=5, metrics=metrics)  # not started: nothing drains the queue
+    with caplog.at_level(logging.WARNING, logger="smallfleet.gateway.recorder"):
+        accepted = [r.submit(rec(i)) for i in range(8)]
+    assert accepted == [True] * 5 + [False] * 3
+    assert r.dropped == metrics.traces_dropped == 3
+    assert len([m for m in caplog.messages if "queue full" in m.lower()]) == 1  # rate-limited warning
+    r.close()
+    assert store.count_traces() == 5
+
+
+def test_failed_writes_are_retried_not_lost(store: TraceStore) -> None:
+    metrics = Metrics()
+    sink = FlakyStore(store, fail=2)
+    r = Recorder(sink, flush_interval_ms=5, metrics=metrics)
+    r.start()
+    for i in range(10):
+        r.submit(rec(i))
+    assert r.flush(timeout=10)
+    r.close()
+    assert store.count_traces() == 10
+    assert metrics.trace_write_failures == 2 and metrics.traces_written == 10
+
+
+def test_redacts_before_writing(store: TraceStore) -> None:
+    r = Recorder(store, redactor=Redactor(RedactionConfig()), flush_interval_ms=5)
+    r.start()
+    t = rec(0, "mail bob@example.com")
+    t.request["metadata"] = {"owner": "bob@example.com"}
+    r.submit(t)
+    r.close()
+    got = store.get_trace(t.id)
+    assert got is not None
+    assert "bob@example.com" not in str(got.request) + str(got.metadata)
+    assert got.request["messages"][0]["content"] == "mail <EMAIL_1>"
+    assert got.metadata == {"owner": "<EMAIL_1>"}
+
+
+def test_flush_interval(store: TraceStore) -> None:
+    r = Recorder(store, flush_interval_ms=20)
+    r.start()
+    r.submit(rec(0))
+    deadline = time.monotonic() + 5
+    while store.count_traces() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.count_traces() == 1  # written by the timer, without flush() or close()
+    r.close()
