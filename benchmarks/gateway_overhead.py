@@ -285,7 +285,8 @@ def main() -> None:
     for conc, d, g in rows:
         print(f"{conc:>4} {'direct':<8} {d['p50']:>8.2f} {d['p99']:>8.2f} {d['rps']:>8.0f} {'':>14}")
         print(
-            f"{conc:>4} {'gateway':<8} {g['p50']:>8.2f} {g['p99']:>8.2f} {g['rps']:>8.0f} {g['gw_cpu_us']:>14.0f}"
+            f"{conc:>4} {'gateway':<8} {g['p50']:>8.2f} {g['p99']:>8.2f} {g['rps']:>8.0f} "
+            f"{g['gw_cpu_us']:>14.0f}"
         )
         print(
             f"{conc:>4} {'added':<8} {g['p50'] - d['p50']:>8.2f} {g['p99'] - d['p99']:>8.2f} "
