@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -252,6 +253,9 @@ def test_clear_errors_for_bad_urls(tmp_path) -> None:  # type: ignore[no-untyped
         TraceStore("mysql://localhost/x")
     with pytest.raises(ConfigError, match="No trace store"):
         TraceStore(f"sqlite:///{tmp_path}/missing.db", create=False)
+    sqlite3.connect(tmp_path / "empty.db").close()  # a file, but no store in it
+    with pytest.raises(ConfigError, match="No trace store"):
+        TraceStore(f"sqlite:///{tmp_path}/empty.db", create=False)
     with pytest.raises(ConfigError, match="Cannot open the trace store") as e:
         TraceStore("postgresql://postgres:hunter2@127.0.0.1:1/test")
     assert "hunter2" not in str(e.value)

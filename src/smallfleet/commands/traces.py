@@ -218,7 +218,8 @@ def list_(
     finally:
         store.close()
     table = Table()
-    for col in ("id", "time (UTC)", "workload", "model", "route", "status", "tokens", "ms", "USD"):
+    table.add_column("id", no_wrap=True, min_width=32)  # whole, so it can be pasted into `traces show`
+    for col in ("time (UTC)", "workload", "model", "route", "status", "tokens", "ms", "USD"):
         table.add_column(col, justify="right" if col in ("tokens", "ms", "USD") else "left")
     for r in rows:
         table.add_row(

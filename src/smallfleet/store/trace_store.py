@@ -5,9 +5,10 @@ One class, one URL::
     store = TraceStore("sqlite:///./smallfleet.db")            # WAL, busy_timeout
     store = TraceStore("postgresql+psycopg://user@host/db")    # pip install 'smallfleet[postgres]'
 
-Opening a store applies pending migrations (``create=False`` only opens one that
-exists and is up to date). The engine is thread-safe: the gateway's background
-writer calls :meth:`TraceStore.write_traces` from its own thread.
+Opening a store applies pending migrations; ``create=False`` refuses to create a
+store that does not exist yet (what read-only commands use). The engine is
+thread-safe: the gateway's background writer calls
+:meth:`TraceStore.write_traces` from its own thread.
 
 Listings are keyset-paginated on ``(created_at, id)``, which an index covers, so
 a page costs the same at row 10 and at row 1,000,000.
@@ -27,7 +28,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from smallfleet.errors import ConfigError, UserError
-from smallfleet.store.migrations import pending_migrations, run_migrations
+from smallfleet.store.migrations import applied_migrations, run_migrations
 from smallfleet.store.records import TRACE_FIELDS, TraceRecord
 from smallfleet.store.tables import feedback, traces
 
@@ -116,17 +117,16 @@ class TraceStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self.dialect = backend
         try:
-            if create:
-                run_migrations(self.engine)
-            else:
+            if not create:
                 with self.engine.connect() as conn:
-                    pending = pending_migrations(conn)
-                if pending:
+                    exists = bool(applied_migrations(conn))
+                if not exists:
                     raise ConfigError(
-                        f"The trace store at {self._safe_url} is missing or out of date "
-                        f"(pending: {', '.join(pending)}). Start the gateway or import traces "
-                        "to create it: smallfleet traces import FILE.jsonl"
+                        f"No trace store at {self._safe_url}: start the gateway or import traces "
+                        "to create it (smallfleet traces import FILE.jsonl)."
                     )
+            # An existing store written by an older smallfleet is brought up to date.
+            run_migrations(self.engine)
         except sa.exc.OperationalError as e:
             self.engine.dispose()
             reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
