@@ -463,6 +463,8 @@ class LocalCausalLM(ChatModel):
         return kind, spec
 
     def _grammar(self, spec: dict[str, Any]) -> Any:
+        """The compiled grammar for ``spec`` (cached, at most 64)."""
+        self.load()
         with self._grammar_lock:
             return self._compile(spec)
 
