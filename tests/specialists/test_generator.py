@@ -144,6 +144,9 @@ def test_output_kind_and_answer_rendering() -> None:
     assert rendered == json.dumps({k: answer[k] for k in ("city", "people", "note")})
     tool = tool_examples(1, 0)[0]
     assert answer_text(tool, "tool_call").startswith('<tool_call>\n{"name": "book", "arguments": {"city": ')
+    # in a mixed (text) dataset, calls are still written as calls, after any text
+    tool.response.choices[0].message.content = "On it."
+    assert answer_text(tool, "text").startswith('On it.\n<tool_call>\n{"name": "book"')
 
 
 def test_training_loss_falls(json_gen: Generator) -> None:

@@ -72,13 +72,15 @@ def output_kind(examples: Sequence[Example]) -> str:
 def answer_text(example: Example, output: str) -> str:
     """The teacher's answer as the specialist should write it."""
     msg = example.response.message
-    if output == "tool_call":
+    if output == "tool_call" or msg.tool_calls:
+        # calls as Hermes blocks; with mixed text and calls (``text`` kind) the text comes first,
+        # as a model answering with tool_choice "auto" would write it
         params = {t.function.name: t.function.parameters for t in example.request.tools or []}
-        calls = []
+        parts = [msg.content] if msg.content and output != "tool_call" else []
         for tc in msg.tool_calls or []:
             args = json.loads(tc.function.arguments or "{}")
-            calls.append(tool_call_text(tc.function.name, args, params.get(tc.function.name)))
-        return "\n".join(calls)
+            parts.append(tool_call_text(tc.function.name, args, params.get(tc.function.name)))
+        return "\n".join(parts)
     if output == "json":
         return canonical_json(json.loads(msg.content or ""), example.request.json_schema)
     return msg.content or ""
@@ -173,8 +175,9 @@ class Generator(Specialist):
         self.losses = self._train(torch, model, rows)
         model.eval()
         metrics: dict[str, Any] = {"train_loss_first": self.losses[0], "train_loss_last": self.losses[-1]}
-        if validation:
-            metrics["val_loss"] = self._mean_loss(torch, model, [self._row(ex) for ex in validation])
+        val_rows = [row for row in map(self._try_row, validation or []) if row is not None]
+        if val_rows:
+            metrics["val_loss"] = self._mean_loss(torch, model, val_rows)
         self.meta = SpecialistMeta(
             kind=self.kind,
             base_model=self.base,
@@ -199,6 +202,13 @@ class Generator(Specialist):
         target = target[:limit]
         prompt = prompt[-(limit - len(target)) :] if len(target) < limit else []
         return prompt + target, [-100] * len(prompt) + target
+
+    def _try_row(self, ex: Example) -> tuple[list[int], list[int]] | None:
+        """A validation row, or None for an example whose answer is not of the learned kind."""
+        try:
+            return self._row(ex)
+        except (UserError, ValueError, TypeError):
+            return None
 
     def _batches(self, torch: Any, rows: list[tuple[list[int], list[int]]], shuffle: bool, gen: Any) -> Any:
         order = torch.randperm(len(rows), generator=gen).tolist() if shuffle else range(len(rows))
