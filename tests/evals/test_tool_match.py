@@ -110,6 +110,27 @@ def test_an_optional_argument_may_be_omitted_or_given_an_acceptable_value() -> N
     assert not check([call("area", base=10, height=5, unit="cm")], expected, [AREA_TOOL]).ok
 
 
+def test_an_empty_list_counts_as_omitted_like_bfcl() -> None:
+    expected = [{"find": {"city": ["Paris"], "amenities": [["Parking"], ""]}}]
+    assert check([call("find", city="Paris", amenities=[])], expected).ok
+    assert not check(
+        [call("find", city="Paris", amenities=[])],
+        [{"find": {"city": ["Paris"], "amenities": [["Parking"]]}}],
+    ).ok
+
+
+def test_variable_style_answers_compare_exactly() -> None:
+    # BFCL writes some answers as a variable name where the schema wants an array: then the
+    # value must be that exact string, without string normalisation.
+    tool = {
+        "name": "fit",
+        "parameters": {"type": "dict", "properties": {"x": {"type": "array", "items": {"type": "float"}}}},
+    }
+    expected = [{"fit": {"x": ["data['sales']"]}}]
+    assert check([call("fit", x="data['sales']")], expected, [tool]).ok
+    assert not check([call("fit", x="DATA['SALES']")], expected, [tool]).ok
+
+
 def test_an_argument_the_answer_lists_without_empty_string_is_required() -> None:
     expected = [{"area": {"base": [10], "height": [5], "unit": ["cm"]}}]
     result = check([call("area", base=10, height=5)], expected, [AREA_TOOL])

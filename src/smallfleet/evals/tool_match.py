@@ -15,7 +15,13 @@ A predicted list of calls matches the expected calls when:
 Values are compared the way BFCL does: strings after lowercasing and removing
 spaces and ``,./-_*^`` (so ``"April 1, 2024"`` equals ``"april 1 2024"``), lists
 element by element in order, dicts key by key (recursively, with their own
-acceptable values and optional keys), numbers exactly.
+acceptable values and optional keys), numbers exactly. Where ``""`` is acceptable,
+an empty string or an empty list counts as leaving the argument out. A value whose
+type is not the declared one but is that of an acceptable value (BFCL's answers
+that name a variable, e.g. ``"data['sales']"`` for an array) must equal it exactly.
+
+On BFCL's own data this agrees with BFCL's checker on every one of 37,276 answers
+made by mutating the reference answers (``benchmarks/bfcl/agreement.py``).
 
 ``expected`` takes either form:
 
@@ -199,10 +205,15 @@ def _schema_type(schema: Mapping[str, Any] | None) -> str | None:
     return BFCL_TO_JSON_SCHEMA.get(t, t) if isinstance(t, str) else None
 
 
+def _fits_declared(value: Any, declared: str) -> bool:
+    kind = _kind(value)
+    return kind == declared or (declared == "number" and kind == "integer")
+
+
 def _type_fits(value: Any, declared: str | None, alternatives: Sequence[Any]) -> bool:
     """The declared type, or (as BFCL allows for variables) the type of an acceptable value."""
     kind = _kind(value)
-    if declared is not None and (kind == declared or (declared == "number" and kind == "integer")):
+    if declared is not None and _fits_declared(value, declared):
         return True
     kinds = {_kind(a) for a in alternatives if not (isinstance(a, str) and a == "")}
     if declared is None and not kinds:
@@ -265,9 +276,13 @@ def _value_problem(
         want = declared or "/".join(sorted({_kind(a) for a in alternatives if a != ""}))
         return f"wrong type for '{where}': expected {want}, got {_kind(value)} {_fmt(value)}"
     candidates = [a for a in alternatives if not (isinstance(a, str) and a == "")] or alternatives
-    if isinstance(value, str) and value == "" and "" in alternatives:
-        return None
-    if isinstance(value, Mapping):
+    if "" in alternatives and (value == "" or (isinstance(value, list) and not value)):
+        return None  # "may be omitted": BFCL also accepts an empty string, or an empty list
+    if declared is not None and not _fits_declared(value, declared):
+        # BFCL's "variable" answers (a string where the schema says array, say) compare exactly.
+        if value in candidates:
+            return None
+    elif isinstance(value, Mapping):
         dicts = [a for a in candidates if isinstance(a, Mapping)]
         problems = [_dict_problem(value, a, schema, f"{where}.") for a in dicts]
         if any(p is None for p in problems):
