@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wheel = args.wheel or ensure_wheel(args.cache)
     started = time.time()
+    load_at_start = list(os.getloadavg())  # other work on the machine skews the latency figures
     result = run_endpoint(args, wheel) if args.endpoint else run_specialist(args, wheel)
     result["bfcl_version"] = BFCL_VERSION
     result["limits"] = {"train": args.train_limit or args.limit, "eval": args.eval_limit or args.limit}
@@ -405,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": list(os.getloadavg()),
     }
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     result["wall_seconds"] = time.time() - started
