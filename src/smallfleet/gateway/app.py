@@ -26,8 +26,8 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smallfleet.errors import (
@@ -97,6 +97,12 @@ class _ClientGone(Exception):
     """The client went away before its request body arrived."""
 
 
+def _trace_id() -> str:
+    """A uuid4 in hex, from the fast PRNG (os.urandom costs a syscall per request; ids are not secrets)."""
+    n = getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    return f"{n | (0x4000 << 64) | (0x8000 << 48):032x}"
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -123,6 +129,7 @@ class Gateway:
         metrics: Metrics | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         store: Any = None,
+        fast_transport: bool = True,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -138,6 +145,11 @@ class Gateway:
         self._on_close = on_close
         self._started = False
         self._closed = False
+        self._fast_transport: Any = None
+        if fast_transport:
+            from smallfleet.gateway import transport
+
+            self._fast_transport = transport.FastTransport if transport.available() else None
         self._local_aliases = {
             alias for alias, cfg in settings.models.items() if cfg.backend in ("local", "specialist")
         }
@@ -257,7 +269,7 @@ class Gateway:
     async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         t0 = time.perf_counter()
         rec = TraceRecord(
-            id=uuid.uuid4().hex, created_at=time.time(), route="rejected", status="error", http_status=500
+            id=_trace_id(), created_at=time.time(), route="rejected", status="error", http_status=500
         )
         state = _State()
         self.metrics.in_flight += 1
@@ -360,6 +372,13 @@ class Gateway:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def _model(self, alias: str) -> ChatModel:
+        model = self.registry.get(alias)
+        # An OpenAI-compatible backend not yet connected: give it the lean plain-HTTP pool.
+        if self._fast_transport is not None and getattr(model, "transport_factory", False) is None:
+            model.transport_factory = self._fast_transport  # type: ignore[attr-defined]
+        return model
+
     def _resolve(self, model: str) -> str:
         if model in self.registry:
             return model
@@ -397,7 +416,7 @@ class Gateway:
             rec.route, rec.model_served = route, alias
             try:
                 if model is None:
-                    model = self.registry.get(alias)
+                    model = self._model(alias)
                 out = await _complete_dict(model, request, data)
             except FALLBACK_ERRORS as e:
                 error = e
@@ -438,7 +457,7 @@ class Gateway:
             rec.route, rec.model_served = route, alias
             try:
                 if model is None:
-                    model = self.registry.get(alias)
+                    model = self._model(alias)
                 chunks = _stream_dicts(model, request, data)
                 first = await anext(chunks, None)
             except FALLBACK_ERRORS as e:
@@ -708,12 +727,15 @@ def create_app(
     *,
     router: Router | None = None,
     recorder: Recorder | None = None,
+    fast_transport: bool = True,
 ) -> Gateway:
     """The gateway app for ``settings``.
 
     ``registry`` defaults to one built from ``settings.models``; ``store`` to a
     :class:`~smallfleet.store.TraceStore` on ``settings.store.url`` (closed with
-    the app; a store passed in stays the caller's to close).
+    the app; a store passed in stays the caller's to close). ``fast_transport``:
+    OpenAI-compatible upstreams on plain HTTP go through
+    :class:`~smallfleet.gateway.transport.FastTransport` instead of httpx's pool.
     """
     from smallfleet.models.registry import ModelRegistry
     from smallfleet.store.pricing import PriceTable
@@ -752,4 +774,5 @@ def create_app(
         metrics=metrics,
         on_close=close_store,
         store=store,
+        fast_transport=fast_transport,
     )

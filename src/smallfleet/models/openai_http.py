@@ -88,6 +88,10 @@ class OpenAICompatible(ChatModel):
     supports_tools = True
     supports_json_schema = True
 
+    #: Builds the httpx transport from ``max_connections`` (None: httpx's own pool). The gateway sets
+    #: :class:`smallfleet.gateway.transport.FastTransport`, a leaner pool for plain-HTTP upstreams.
+    transport_factory: Any = None
+
     def __init__(
         self,
         base_url: str,
@@ -175,6 +179,7 @@ class OpenAICompatible(ChatModel):
             ),
             follow_redirects=False,
             trust_env=False,
+            transport=self.transport_factory(self.max_connections) if self.transport_factory else None,
         )
         self._client_loop = loop
         return self._client
