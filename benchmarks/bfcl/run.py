@@ -57,6 +57,7 @@ from rich.table import Table
 from smallfleet.evals.bfcl import BFCL_VERSION, BFCLEntry
 from smallfleet.evals.coverage import coverage_at_accuracy, coverage_curve, threshold_for
 from smallfleet.evals.tool_match import MatchResult, calls_from_response
+from smallfleet.types import content_text
 
 TARGETS = (0.90, 0.95, 0.99)
 CALIBRATION_SHARE = 0.25
@@ -100,6 +101,22 @@ def reason_kind(result: MatchResult) -> str:
     if reason.startswith("error"):
         return "request failed"
     return "other"
+
+
+def copyable(entry: BFCLEntry) -> bool:
+    """Does every string the answer needs occur verbatim (case aside) in the messages?
+
+    A model that can only copy spans of the input cannot answer the others (BFCL's
+    live answers often normalise: "Tel Aviv" asked, "Tel Aviv, Israel" expected).
+    """
+    text = " ".join(content_text(m.content) for m in entry.request.messages if m.role != "assistant")
+    text = " ".join(text.lower().split())
+    for call in entry.expected:
+        for alternatives in next(iter(call.values())).values():
+            strings = [" ".join(a.lower().split()) for a in alternatives if isinstance(a, str) and a]
+            if strings and "" not in alternatives and not any(s in text for s in strings):
+                return False
+    return True
 
 
 def is_calibration(entry: BFCLEntry) -> bool:
@@ -297,6 +314,7 @@ def common_results(
         "eval": {"categories": list(EVAL_CATEGORIES), "n": len(live)},
         "accuracy": sum(r.ok for r in results) / len(results) if results else None,
         "per_category": per_category,
+        "copyable_share": sum(map(copyable, live)) / len(live) if live else None,
         "failures": dict(Counter(reason_kind(r) for r in results if not r.ok).most_common()),
         "latency_ms": {
             "p50": percentile(latencies, 0.50),
@@ -341,6 +359,7 @@ def print_report(r: dict[str, Any]) -> None:
     table.add_row("accuracy, full coverage", pct(r["accuracy"]))
     for category, v in r["per_category"].items():
         table.add_row(f"  {category} ({v['n']})", pct(v["accuracy"]))
+    table.add_row("queries whose answer strings occur in the text", pct(r["copyable_share"]))
     table.add_row(
         "latency p50 / p99 (single request)",
         f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} ms",

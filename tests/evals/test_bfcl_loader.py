@@ -317,6 +317,7 @@ def test_the_endpoint_benchmark_against_a_scripted_upstream(wheel: Path, tmp_pat
         "live_multiple": {"n": 1, "accuracy": 0.0},
     }
     assert result["failures"] == {"request failed": 1}
+    assert result["copyable_share"] == 1.0  # "7890", "black", "latte" all occur in the queries
     assert result["latency_ms"]["n"] == 2
     assert {b["model"] for b in sent} == {"slm-test"}
     tool_names = {t["function"]["name"] for b in sent for t in b["tools"]}
