@@ -59,9 +59,9 @@ def small_route(route: str | None) -> bool:
 
 
 def _bucket_seconds(span: float) -> float:
-    """Bucket width giving at most about 100 points over ``span`` seconds."""
+    """Bucket width giving at most 60 points over ``span`` seconds (1h: minutes, 24h: hours, 30d: days)."""
     for width in (_MINUTE, 5 * _MINUTE, 15 * _MINUTE, _HOUR, 3 * _HOUR, 6 * _HOUR, _DAY, 7 * _DAY):
-        if span / width <= 100:
+        if span / width <= 60:
             return width
     return 30 * _DAY
 
