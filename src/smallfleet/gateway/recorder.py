@@ -164,8 +164,8 @@ class Recorder:
         batch: list[TraceRecord] = []
         q = self._queue
         while q and len(batch) < self.batch_size:
+            self._busy += 1  # counted before it leaves the queue, so depth() never dips to 0 early
             batch.append(q.popleft())
-        self._busy = len(batch)
         return batch
 
     def _write(self, batch: list[TraceRecord], deadline: float | None) -> None:
