@@ -128,14 +128,15 @@ def seed_history(store: TraceStore, now: float | None = None, n: int = 60) -> li
     recs = []
     for i in range(n):
         small = i % 3 != 0
+        reason = "low_confidence" if i % 2 else "invalid_output"
         recs.append(
             TraceRecord(
                 created_at=now - 600 - i * 300,
                 workload="triage",
                 model_requested="big",
                 model_served="intent-clf" if small else "big",
-                route="specialist:triage-intent" if small else "escalated:low_confidence",
-                escalation=None if small else ("low_confidence" if i % 2 else "invalid_output"),
+                route="specialist:triage-intent" if small else f"escalated:{reason}",
+                escalation=None if small else reason,
                 confidence=0.97 if small else 0.4,
                 request={"model": "big", "messages": [{"role": "user", "content": f"Classify ticket {i}"}]},
                 response={"choices": [{"index": 0, "message": {"role": "assistant", "content": "billing"}}]},

@@ -72,7 +72,17 @@ def _when(t: float | None) -> str:
 def _usd(v: float | None) -> str:
     if v is None:
         return "–"
-    return f"${v:,.2f}" if abs(v) >= 1 else f"${v:,.4f}"
+    if v == 0 or abs(v) >= 1:
+        return f"${v:,.2f}"
+    return f"${v:.4f}" if abs(v) >= 0.01 else f"${v:.6f}"
+
+
+def _span(seconds: float) -> str:
+    for unit, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= unit and seconds % unit == 0:
+            n = int(seconds // unit)
+            return f"{n} {name}" + ("s" if n != 1 else "")
+    return f"{seconds:g} s"
 
 
 def _ms(v: float | None) -> str:
@@ -114,7 +124,7 @@ class Dashboard:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=_when, usd=_usd, ms=_ms, pct=_pct)
+        self.env.filters.update(when=_when, usd=_usd, ms=_ms, pct=_pct, span=_span)
         p = self.prefix
         get = ["GET", "HEAD"]
         self.app = Starlette(
@@ -376,7 +386,16 @@ class Dashboard:
         if summary is None:
             body = self._render("noreport.html", request, viewer, page="report")
             return self._respond(request, body)
-        return self._respond(request, render_report(summary))
+        page = render_report(summary)
+        # The report is a standalone page: give it the dashboard's way back (and no favicon request).
+        back = (
+            f'<nav style="background:#111827;padding:8px 32px;font:14px system-ui,sans-serif">'
+            f'<a href="{self.prefix}/" style="color:#93c5fd">« smallfleet dashboard</a></nav>'
+        )
+        page = page.replace("<head>", '<head><link rel="icon" href="data:,">', 1).replace(
+            "<body>", "<body>" + back, 1
+        )
+        return self._respond(request, page)
 
     # ------------------------------------------------------------ login
 

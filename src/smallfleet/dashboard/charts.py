@@ -112,6 +112,15 @@ def agreement_chart(x: Sequence[float], series: dict[str, list[float | None]]) -
     """Shadow and guard agreement with the large model over time, one line per route."""
     if not x or not series:
         return ""
+    if len(x) == 1:  # one time bucket: a line would be a lone point
+        names = list(series)
+        return bar_chart(
+            names,
+            {"agreement": [100.0 * (series[n][0] or 0.0) for n in names]},
+            title="Agreement with the large model",
+            unit="%",
+            width=420,
+        )
     xs, fmt, label = _x_axis(x, x[-1])
     pct = {name: [None if v is None else 100.0 * v for v in vals] for name, vals in series.items()}
     return line_chart(

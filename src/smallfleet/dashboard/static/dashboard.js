@@ -20,7 +20,16 @@ document.addEventListener("DOMContentLoaded", () => {
   const search = document.getElementById("search");
   if (search) {
     for (const sel of search.querySelectorAll("select")) {
-      sel.addEventListener("change", () => search.submit());
+      sel.addEventListener("change", () => search.requestSubmit());
     }
+    // Leave empty filters out of the URL.
+    search.addEventListener("submit", () => {
+      for (const el of search.elements) {
+        if (el.name && !el.value) el.disabled = true;
+      }
+    });
+    window.addEventListener("pageshow", () => {
+      for (const el of search.elements) el.disabled = false;
+    });
   }
 });
