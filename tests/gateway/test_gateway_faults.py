@@ -226,6 +226,10 @@ class ExplodingRouter:
 class SmallFirstRouter:
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.observed: list[tuple[str, str | None, str]] = []
+
+    def observe(self, request: ChatRequest, decision: Any, response: dict[str, Any], trace_id: str) -> None:
+        self.observed.append((request.model, getattr(decision, "escalation", None), trace_id))
 
     async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None:
         if workload == "routed":
@@ -246,7 +250,8 @@ def test_unexpected_error_is_a_clean_500(gw: Running) -> None:
 
 
 def test_router_seam(gw: Running, upstream: ScriptedUpstream) -> None:
-    gw.app.router = SmallFirstRouter(gw.app.registry.get("backup"))
+    router = SmallFirstRouter(gw.app.registry.get("backup"))
+    gw.app.router = router
     try:
         routed = post(gw, BODY, headers={"x-smallfleet-workload": "routed"})
         upstream.push(Reply.error(500, "small one fails"))
@@ -259,6 +264,10 @@ def test_router_seam(gw: Running, upstream: ScriptedUpstream) -> None:
     t = trace_of(gw, routed)
     assert (t.route, t.model_served, t.confidence) == ("specialist:small", "backup", 0.9)
     assert trace_of(gw, plain).escalation == "low_confidence"
+    # observe() saw every successful answer, with its decision and trace id
+    ids = [r.headers["x-smallfleet-trace-id"] for r in (routed, escalated, plain)]
+    assert [o[2] for o in router.observed] == ids
+    assert router.observed[2][1] == "low_confidence"
 
 
 # ---------------------------------------------------------------- keys and budgets

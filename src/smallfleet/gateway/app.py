@@ -17,7 +17,9 @@ Routing seam: ``create_app(..., router=...)`` takes anything with
 ``async route(request, workload) -> RouteDecision | None``, called before the
 request is forwarded. A decision with a ``model`` answers with that model (a
 specialist); when it fails, the request goes on to the asked alias's chain with
-route ``escalated:error``. ``None`` means "forward as asked".
+route ``escalated:error``. ``None`` means "forward as asked". With
+``routing.enabled``, :func:`create_app` builds the router from the config
+(:func:`smallfleet.routing.gateway.build_gateway_router`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,12 @@ class RouteDecision:
 
 
 class Router(Protocol):
-    """The seam a router plugs into: called once per request, before forwarding."""
+    """The seam a router plugs into: called once per request, before forwarding.
+
+    Optional, found with ``getattr``: ``observe(request, decision, response, trace_id)``,
+    called after a successful answer (e.g. to compare a shadow specialist off the
+    request path; it must not block), and ``async drain()``, awaited at shutdown.
+    """
 
     async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None: ...
 
@@ -178,6 +185,12 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        drain = getattr(self.router, "drain", None)
+        if drain is not None:  # background comparisons the router started
+            try:
+                await drain()
+            except Exception:
+                log.exception("router.drain failed")
         await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
         try:
             await self.registry.aclose()
@@ -331,6 +344,7 @@ class Gateway:
         first: tuple[ChatModel, str] | None = None
         if self.router is not None:
             decision = await self.router.route(request, rec.workload)
+            state.request, state.decision = request, decision
             if decision is not None:
                 rec.confidence = decision.confidence
                 rec.escalation = decision.escalation
@@ -573,7 +587,13 @@ class Gateway:
             cost_usd=rec.cost_usd,
             ttft_s=state.ttft,
         )
-        self.recorder.submit(rec)
+        observe = getattr(self.router, "observe", None)
+        if observe is not None and state.request is not None and rec.status == "ok" and rec.response:
+            try:  # e.g. a shadow comparison, scheduled off the request path by the router
+                observe(state.request, state.decision, rec.response, rec.id)
+            except Exception:
+                log.exception("router.observe failed for trace %s", rec.id)
+        self.recorder.submit(rec)  # last: the writer thread replaces the bodies with redacted ones
 
     def _cost(self, rec: TraceRecord, latency: float) -> float | None:
         alias = rec.model_served
@@ -592,9 +612,11 @@ class Gateway:
 class _State:
     """What the request path knows about its own response."""
 
-    __slots__ = ("key", "latency", "open_stream", "sent", "ttft")
+    __slots__ = ("decision", "key", "latency", "open_stream", "request", "sent", "ttft")
 
     def __init__(self) -> None:
+        self.request: ChatRequest | None = None
+        self.decision: RouteDecision | None = None
         self.sent = False
         self.open_stream = False
         self.latency: float | None = None
@@ -747,6 +769,10 @@ def create_app(
         from smallfleet.store.trace_store import TraceStore
 
         store = TraceStore(settings.store.url)
+    if router is None and settings.routing.enabled:
+        from smallfleet.routing.gateway import build_gateway_router
+
+        router = build_gateway_router(settings, registry, store.engine)
     metrics = Metrics()
     gw_cfg = settings.gateway
     if recorder is None:
