@@ -240,7 +240,7 @@ def profile_task(examples: Sequence[Example], max_labels: int = 50) -> TaskProfi
     labels = [_label(t) for t in texts]
     counts = Counter(labels)
     short = sum(len(lb.split()) for lb in labels) / n <= 8
-    if short and len(counts) <= max_labels and len(counts) * 3 <= n and "" not in counts:
+    if short and len(counts) <= max_labels and len(counts) * 2 <= n and "" not in counts:
         return TaskProfile(
             shape="label", labels=sorted(counts), label_counts=dict(counts.most_common()), **base
         )
