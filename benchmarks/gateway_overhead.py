@@ -281,6 +281,7 @@ def main() -> None:
             label, conc, n, rate = phases.pop(0)
             result: dict[str, dict[str, Any]] = {}
             for name, port in (("direct", up_port), ("gateway", gw_port)):
+                print(f"  {label}: {n} requests {name} ...", file=sys.stderr, flush=True)
                 _, _, ids, _ = asyncio.run(_run(port, min(300, n), conc))  # warm up
                 all_ids += ids
                 cpu0 = _cpu(gw.pid)

@@ -353,7 +353,7 @@ class Gateway:
         if request.stream:
             await self._stream(receive, send, rec, state, request, data, chain, first, t0)
         else:
-            await self._complete(send, rec, state, request, data, chain, first)
+            await self._complete(send, rec, state, request, data, body, chain, first)
 
     async def _read_body(self, receive: Any, length: bytes | None) -> bytes:
         limit = self.max_body
@@ -422,6 +422,7 @@ class Gateway:
         state: _State,
         request: ChatRequest,
         data: dict[str, Any],
+        body: bytes,
         chain: list[str],
         first: tuple[ChatModel, str] | None,
     ) -> None:
@@ -431,7 +432,7 @@ class Gateway:
             try:
                 if model is None:
                     model = self._model(alias)
-                out = await _complete_dict(model, request, data)
+                out = await _complete_dict(model, request, data, body)
             except FALLBACK_ERRORS as e:
                 error = e
                 log.info("Trace %s: %s failed (%s)", rec.id, alias, e.message)
@@ -441,8 +442,8 @@ class Gateway:
                     error = e
                     continue
                 raise
-            body = _dumps(out)
-            await _send(send, 200, body, _JSON, rec.id, route)
+            payload = _dumps(out)
+            await _send(send, 200, payload, _JSON, rec.id, route)
             state.sent = True
             rec.response = out
             rec.status, rec.http_status, rec.error = "ok", 200, None
@@ -708,11 +709,15 @@ def _assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
         return {"chunks": chunks}
 
 
-async def _complete_dict(model: ChatModel, request: ChatRequest, data: dict[str, Any]) -> dict[str, Any]:
+async def _complete_dict(
+    model: ChatModel, request: ChatRequest, data: dict[str, Any], raw_body: bytes
+) -> dict[str, Any]:
     """The model's answer as a wire dict; raw (no pydantic round trip) when the model offers it."""
     raw = getattr(model, "complete_raw", None)
     body_for = getattr(model, "body_for", None)
     if raw is not None and body_for is not None:
+        if getattr(model, "model", None) == data.get("model") and "stream" not in data:
+            return await raw(raw_body)  # the client's bytes are already what the upstream needs
         body = body_for(data)
         body.pop("stream", None)
         body.pop("stream_options", None)
