@@ -17,6 +17,7 @@ from smallfleet.commands._common import console, set_config_path
 #: Command modules, each with ``register(app)``.
 COMMAND_MODULES = [
     "smallfleet.commands.core",
+    "smallfleet.commands.specialists",
     "smallfleet.commands.traces",
     "smallfleet.commands.stats",
     "smallfleet.commands.routes",
