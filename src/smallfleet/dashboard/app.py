@@ -110,10 +110,12 @@ class Dashboard:
         from starlette.applications import Starlette
         from starlette.routing import Route
 
+        from smallfleet.dashboard.queries import Rollup
         from smallfleet.routing.routes import RouteStore
 
         self.store = store
         self.routes = RouteStore(store.engine)
+        self.rollup = Rollup(store.engine)
         self.keys = keys
         self.metrics = metrics
         self.prefix = prefix.rstrip("/")
@@ -225,7 +227,7 @@ class Dashboard:
         from smallfleet.dashboard.charts import overview_charts
         from smallfleet.dashboard.queries import overview
 
-        ov = overview(self.store.engine, request.query_params.get("range"))
+        ov = overview(self.store.engine, request.query_params.get("range"), rollup=self.rollup)
         dropped = self.metrics.traces_dropped if self.metrics is not None else None
         body = self._render(
             "overview.html",

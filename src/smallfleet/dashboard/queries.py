@@ -23,6 +23,7 @@ from smallfleet.store.tables import traces
 __all__ = [
     "RANGES",
     "Overview",
+    "Rollup",
     "agreement_series",
     "latest_clusters",
     "overview",
@@ -121,76 +122,132 @@ class Overview:
     by_route: list[dict[str, Any]] = field(default_factory=list)
 
 
-def overview(engine: sa.Engine, range_name: str | None = "24h", *, now: float | None = None) -> Overview:
-    """Calls, tokens, cost and latency p50/p95 per time bucket, split large/small; escalations by reason."""
-    name, span = parse_range(range_name)
-    now = time.time() if now is None else now
-    since = None if span is None else now - span
-    dialect = engine.dialect.name
-    where = [] if since is None else [traces.c.created_at >= since]
-    with engine.connect() as conn:
-        if since is None:
-            first = conn.execute(sa.select(sa.func.min(traces.c.created_at))).scalar()
-            start = float(first) if first is not None else now - _DAY
-        else:
-            start = since
-        width = _bucket_seconds(max(now - start, _MINUTE))
-        bucket = _bucket_expr(dialect, width).label("bucket")
-        size = sa.case((traces.c.route.like("specialist:%"), "small"), else_="large").label("size")
-        lbin = _bin_expr(traces.c.latency_ms).label("lbin")
+class Rollup:
+    """The overview's aggregates, with finished time buckets kept in memory for ``ttl`` seconds.
+
+    A finished bucket no longer changes (traces are stamped when they are recorded),
+    so a page reload reads only the current bucket from the database; the first view
+    of a range reads the whole range once. Traces imported with old timestamps show
+    up within ``ttl``.
+    """
+
+    def __init__(self, engine: sa.Engine, ttl: float = 600.0) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._ln: bool | None = None
+        # bucket width → (made at, first bucket covered, first bucket not covered, rows)
+        self._done: dict[float, tuple[float, int, int, list[tuple[Any, ...]]]] = {}
+
+    def _has_ln(self, conn: sa.Connection) -> bool:
+        if self._ln is None:
+            try:
+                conn.execute(sa.select(sa.func.ln(2.0))).scalar()
+                self._ln = True
+            except sa.exc.OperationalError:  # SQLite built without its math functions
+                conn.rollback()
+                self._ln = False
+        return self._ln
+
+    def _bin(self, conn: sa.Connection) -> sa.ColumnElement[Any]:
+        col = traces.c.latency_ms
+        if not self._has_ln(conn):
+            return _bin_expr(col)
+        scaled = sa.func.ln(col / LATENCY_BOUNDS[0]) / math.log(_RATIO)
+        idx = sa.func.floor(scaled) if self.engine.dialect.name == "postgresql" else scaled
+        return sa.case((col <= LATENCY_BOUNDS[0], 0), else_=sa.cast(idx, sa.Integer) + 1)
+
+    def _scan(self, conn: sa.Connection, width: float, lo: int, hi: int | None) -> list[tuple[Any, ...]]:
+        """Rows (bucket, route, escalation, latency bin, calls, tokens, cost, errors, no latency).
+
+        For buckets ``lo`` to ``hi - 1`` (``hi`` None: to the end).
+        """
+        bucket = _bucket_expr(self.engine.dialect.name, width)
+        where = [traces.c.created_at >= lo * width]
+        if hi is not None:
+            where.append(traces.c.created_at < hi * width)
         q = (
             sa.select(
                 bucket,
-                size,
-                lbin,
-                sa.func.count().label("calls"),
-                sa.func.coalesce(sa.func.sum(traces.c.input_tokens + traces.c.output_tokens), 0).label(
-                    "tokens"
-                ),
-                sa.func.coalesce(sa.func.sum(traces.c.cost_usd), 0.0).label("cost"),
-                sa.func.sum(sa.case((traces.c.status != "ok", 1), else_=0)).label("errors"),
-                sa.func.sum(sa.case((traces.c.latency_ms.is_(None), 1), else_=0)).label("no_latency"),
+                traces.c.route,
+                traces.c.escalation,
+                self._bin(conn),
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(traces.c.input_tokens + traces.c.output_tokens), 0),
+                sa.func.coalesce(sa.func.sum(traces.c.cost_usd), 0.0),
+                sa.func.sum(sa.case((traces.c.status != "ok", 1), else_=0)),
+                sa.func.sum(sa.case((traces.c.latency_ms.is_(None), 1), else_=0)),
             )
             .where(*where)
-            .group_by(sa.text("1"), sa.text("2"), sa.text("3"))  # by position: no bound values repeated
+            .group_by(sa.text("1"), sa.text("2"), sa.text("3"), sa.text("4"))  # by position: binds once
         )
-        rows = conn.execute(q).all()
-        esc = conn.execute(
-            sa.select(traces.c.escalation, sa.func.count().label("n"))
-            .where(*where, traces.c.escalation.is_not(None))
-            .group_by(traces.c.escalation)
-            .order_by(sa.func.count().desc())
-        ).all()
-        route_col = sa.func.coalesce(traces.c.route, "")
-        by_route = conn.execute(
-            sa.select(route_col.label("route"), sa.func.count().label("n"))
-            .where(*where)
-            .group_by(route_col)
-            .order_by(sa.func.count().desc())
-            .limit(20)
-        ).all()
+        return [tuple(r) for r in conn.execute(q)]
 
-    first_b = math.floor(start / width)
+    def rows(self, conn: sa.Connection, width: float, first: int, now: float) -> list[tuple[Any, ...]]:
+        """Aggregate rows from bucket ``first`` on: finished buckets from memory, the current one read."""
+        current = math.floor(now / width)
+        made, lo, hi, done = self._done.get(width, (0.0, 0, 0, []))
+        if now - made > self.ttl or lo > first or hi > current:
+            made, lo, hi, done = now, first, first, []
+        if hi < current:  # buckets finished since: read them once
+            done = done + self._scan(conn, width, hi, current)
+            hi = current
+        self._done[width] = (made, lo, hi, done)
+        fresh = self._scan(conn, width, current, None)
+        return [r for r in done if int(r[0]) >= first] + fresh
+
+
+def overview(
+    engine: sa.Engine,
+    range_name: str | None = "24h",
+    *,
+    now: float | None = None,
+    rollup: Rollup | None = None,
+) -> Overview:
+    """Calls, tokens, cost and latency p50/p95 per time bucket, split large/small; escalations by reason.
+
+    A range covers whole buckets: "24h" starts at the top of the hour 24 hours ago.
+    """
+    name, span = parse_range(range_name)
+    now = time.time() if now is None else now
+    rollup = rollup or Rollup(engine)
+    with engine.connect() as conn:
+        if span is None:
+            oldest = conn.execute(sa.select(sa.func.min(traces.c.created_at))).scalar()
+            start = float(oldest) if oldest is not None else now - _DAY
+        else:
+            start = now - span
+        width = _bucket_seconds(max(now - start, _MINUTE))
+        first_b = math.floor(start / width)
+        rows = rollup.rows(conn, width, first_b, now)
+
     last_b = math.floor(now / width)
-    for r in rows:  # traces stamped after "now" (clock skew) or before the first bucket still show
-        first_b, last_b = min(first_b, int(r.bucket)), max(last_b, int(r.bucket))
-    idx = {b: i for i, b in enumerate(range(first_b, last_b + 1))}
-    n = len(idx)
+    for r in rows:  # traces stamped after "now" (clock skew) still show
+        last_b = max(last_b, int(r[0]))
+    n = last_b - first_b + 1
     acc = {
-        s: {"calls": [0] * n, "tokens": [0] * n, "cost": [0.0] * n, "hist": [dict() for _ in range(n)]}
+        s: {"calls": [0] * n, "tokens": [0] * n, "cost": [0.0] * n, "hist": [{} for _ in range(n)]}
         for s in ("large", "small")
     }
     errors = 0
-    for r in rows:
-        a, i = acc[r.size], idx[int(r.bucket)]
-        a["calls"][i] += int(r.calls)
-        a["tokens"][i] += int(r.tokens or 0)
-        a["cost"][i] += float(r.cost or 0.0)
-        errors += int(r.errors or 0)
-        measured = int(r.calls) - int(r.no_latency or 0)
-        if measured:
+    esc: dict[str, int] = {}
+    routes: dict[str, int] = {}
+    for bucket, route, escalation, lbin, calls, tokens, cost, errs, no_latency in rows:
+        if int(bucket) < first_b:
+            continue
+        a, i = acc["small" if small_route(route) else "large"], int(bucket) - first_b
+        calls = int(calls)
+        a["calls"][i] += calls
+        a["tokens"][i] += int(tokens or 0)
+        a["cost"][i] += float(cost or 0.0)
+        errors += int(errs or 0)
+        routes[route or ""] = routes.get(route or "", 0) + calls
+        if escalation is not None:
+            esc[escalation] = esc.get(escalation, 0) + calls
+        measured = calls - int(no_latency or 0)
+        if measured and lbin is not None:
             h = a["hist"][i]
-            h[int(r.lbin)] = h.get(int(r.lbin), 0) + measured
+            b = min(int(lbin), len(LATENCY_BOUNDS))
+            h[b] = h.get(b, 0) + measured
     series: dict[str, Series] = {}
     all_hist: dict[int, int] = {}
     for s, a in acc.items():
@@ -206,7 +263,7 @@ def overview(engine: sa.Engine, range_name: str | None = "24h", *, now: float | 
                 all_hist[k] = all_hist.get(k, 0) + v
     calls = sum(sum(s.calls) for s in series.values())
     small = sum(series["small"].calls)
-    escalated = sum(int(r.n) for r in esc)
+    escalated = sum(esc.values())
     totals = {
         "calls": calls,
         "small_calls": small,
@@ -221,17 +278,19 @@ def overview(engine: sa.Engine, range_name: str | None = "24h", *, now: float | 
         "p95_ms": _hist_quantile(all_hist, 0.95),
     }
     escalations = [
-        {"reason": r.escalation, "calls": int(r.n), "rate": int(r.n) / calls if calls else 0.0} for r in esc
+        {"reason": k, "calls": v, "rate": v / calls if calls else 0.0}
+        for k, v in sorted(esc.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
+    by_route = [{"route": k, "calls": v} for k, v in sorted(routes.items(), key=lambda kv: (-kv[1], kv[0]))]
     return Overview(
         range=name,
-        since=since,
+        since=first_b * width,
         bucket_s=width,
         buckets=[b * width for b in range(first_b, last_b + 1)],
         series=series,
         totals=totals,
         escalations=escalations,
-        by_route=[{"route": r.route, "calls": int(r.n)} for r in by_route],
+        by_route=by_route[:20],
     )
 
 
