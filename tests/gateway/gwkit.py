@@ -51,7 +51,7 @@ def model_cfg(url: str, **kw: Any) -> dict[str, Any]:
         "base_url": url,
         "max_retries": 0,
         "backoff_base": 0.0,
-        "read_timeout": 2.0,
+        "read_timeout": 10.0,  # generous: the test machine may be busy
         "connect_timeout": 1.0,
         "price": PRICE,
     }

@@ -25,9 +25,9 @@ def gw(start_gateway: Any, upstream: ScriptedUpstream) -> Running:
     return start_gateway(
         {
             "models": {
-                "big": model_cfg(upstream.url, fallbacks=["backup"], read_timeout=0.5),
+                "big": model_cfg(upstream.url, fallbacks=["backup"]),
                 "backup": model_cfg(upstream.url, model="backup-model"),
-                "solo": model_cfg(upstream.url, read_timeout=0.5),
+                "solo": model_cfg(upstream.url, read_timeout=1.0),  # short, for the timeout case
                 "dead": model_cfg(f"http://127.0.0.1:{free_port()}/v1"),
             },
             "gateway": {"max_body_bytes": 2048},
@@ -70,7 +70,7 @@ def check_error(r: httpx.Response, status: int, code: str | None = None) -> dict
     ("alias", "reply", "status", "code"),
     [
         ("dead", None, 502, "upstream_error"),  # connection refused
-        ("solo", Reply.text("late", delay=1.5), 504, "upstream_timeout"),
+        ("solo", Reply.text("late", delay=2.5), 504, "upstream_timeout"),
         ("solo", Reply.error(503, "overloaded"), 502, "upstream_error"),
         ("solo", Reply.error(429, "slow down", headers={"retry-after": "3"}), 429, "rate_limit_exceeded"),
         ("solo", Reply(body="{not json"), 502, "upstream_error"),
@@ -263,6 +263,7 @@ def test_router_seam(gw: Running, upstream: ScriptedUpstream) -> None:
     assert escalated.status_code == 200 and escalated.headers["x-smallfleet-route"] == "escalated:error"
     t = trace_of(gw, routed)
     assert (t.route, t.model_served, t.confidence) == ("specialist:small", "backup", 0.9)
+    assert plain.headers["x-smallfleet-route"] == "escalated:low_confidence"
     assert trace_of(gw, plain).escalation == "low_confidence"
     # observe() saw every successful answer, with its decision and trace id
     ids = [r.headers["x-smallfleet-trace-id"] for r in (routed, escalated, plain)]

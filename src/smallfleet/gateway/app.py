@@ -342,18 +342,20 @@ class Gateway:
         alias = self._resolve(request.model)
         chain = self.registry.chain(alias)
         first: tuple[ChatModel, str] | None = None
+        escalation: str | None = None
         if self.router is not None:
             decision = await self.router.route(request, rec.workload)
             state.request, state.decision = request, decision
             if decision is not None:
                 rec.confidence = decision.confidence
-                rec.escalation = decision.escalation
+                rec.escalation = escalation = decision.escalation
                 if decision.model is not None:
                     first = (decision.model, decision.route)
+        attempts = self._attempts(chain, first, escalation)
         if request.stream:
-            await self._stream(receive, send, rec, state, request, data, chain, first, t0)
+            await self._stream(receive, send, rec, state, request, data, attempts, t0)
         else:
-            await self._complete(send, rec, state, request, data, body, chain, first)
+            await self._complete(send, rec, state, request, data, body, attempts)
 
     async def _read_body(self, receive: Any, length: bytes | None) -> bytes:
         limit = self.max_body
@@ -400,18 +402,27 @@ class Gateway:
             return self.default_model
         raise ModelNotFound(model, self.registry.aliases())
 
+    @staticmethod
     def _attempts(
-        self, chain: list[str], first: tuple[ChatModel, str] | None
+        chain: list[str], first: tuple[ChatModel, str] | None, escalation: str | None = None
     ) -> list[tuple[ChatModel | None, str, str]]:
-        """(model or None to look up, alias, route) in the order to try them."""
+        """(model, or None to look it up; alias; route) in the order to try them.
+
+        Routes: ``direct`` / ``fallback:<alias>``; ``escalated:<reason>`` when a router
+        sent a routable request to the asked model, ``escalated:error`` when the
+        router's own model failed.
+        """
         out: list[tuple[ChatModel | None, str, str]] = []
         if first is not None:
             out.append((first[0], first[0].name, first[1]))
+            escalation = "error"
         for i, alias in enumerate(chain):
-            if first is not None:
-                route = f"escalated:error:{alias}" if i else "escalated:error"
+            if i:
+                route = f"fallback:{alias}"
+            elif escalation:
+                route = f"escalated:{escalation}"
             else:
-                route = "direct" if i == 0 else f"fallback:{alias}"
+                route = "direct"
             out.append((None, alias, route))
         return out
 
@@ -423,11 +434,10 @@ class Gateway:
         request: ChatRequest,
         data: dict[str, Any],
         body: bytes,
-        chain: list[str],
-        first: tuple[ChatModel, str] | None,
+        attempts: list[tuple[ChatModel | None, str, str]],
     ) -> None:
         error: Exception | None = None
-        for model, alias, route in self._attempts(chain, first):
+        for model, alias, route in attempts:
             rec.route, rec.model_served = route, alias
             try:
                 if model is None:
@@ -460,15 +470,14 @@ class Gateway:
         state: _State,
         request: ChatRequest,
         data: dict[str, Any],
-        chain: list[str],
-        first_model: tuple[ChatModel, str] | None,
+        attempts: list[tuple[ChatModel | None, str, str]],
         t0: float,
     ) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         error: Exception | None = None
         chunks: AsyncIterator[dict[str, Any]] | None = None
         first: dict[str, Any] | None = None
-        for model, alias, route in self._attempts(chain, first_model):
+        for model, alias, route in attempts:
             rec.route, rec.model_served = route, alias
             try:
                 if model is None:
