@@ -263,6 +263,7 @@ def test_router_seam(gw: Running, upstream: ScriptedUpstream) -> None:
     assert escalated.status_code == 200 and escalated.headers["x-smallfleet-route"] == "escalated:error"
     t = trace_of(gw, routed)
     assert (t.route, t.model_served, t.confidence) == ("specialist:small", "backup", 0.9)
+    assert t.cost_usd == 0.0  # small models are priced by compute time (pricing.local_usd_per_hour: 0)
     assert plain.headers["x-smallfleet-route"] == "escalated:low_confidence"
     assert trace_of(gw, plain).escalation == "low_confidence"
     # observe() saw every successful answer, with its decision and trace id

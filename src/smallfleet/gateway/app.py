@@ -609,8 +609,8 @@ class Gateway:
         alias = rec.model_served
         if alias is None or self.prices is None:
             return None
-        if alias in self._local_aliases:
-            return self.prices.local_cost(latency)
+        if alias in self._local_aliases or rec.route.startswith("specialist:"):
+            return self.prices.local_cost(latency)  # priced by compute time
         cost = self.prices.cost(alias, rec.input_tokens, rec.output_tokens, rec.cached_tokens)
         if cost is None and isinstance(rec.response, dict) and isinstance(rec.response.get("model"), str):
             cost = self.prices.cost(
