@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "smallfleet.commands.routes",
     "smallfleet.commands.gateway",
     "smallfleet.commands.keys",
+    "smallfleet.commands.agents",
 ]
 
 app = typer.Typer(
