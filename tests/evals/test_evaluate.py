@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from smallfleet.errors import OutputInvalid
 from smallfleet.evals import Judge, Report, evaluate, score, shape_of
 from smallfleet.evals.judge import parse_verdict
 from smallfleet.models.openai_http import OpenAICompatible
-from smallfleet.specialists.base import Example, SpecialistChatModel
+from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistChatModel
 from smallfleet.testing.intents import support_desk_examples
 from smallfleet.testing.upstream import Reply, ScriptedUpstream
 from smallfleet.types import ChatRequest, ChatResponse, Tool
@@ -205,3 +205,34 @@ async def test_specialist_measured_the_same_way() -> None:
     assert report.latency_p50_ms is not None and report.cost_usd is not None and report.cost_usd > 0
     direct = await evaluate(clf, test, latency_sample=2)
     assert [r.correct for r in direct.results] == [r.correct for r in report.results]
+
+
+class _Keyword(Specialist):
+    """A rule-based specialist: answers 'refund' when the text says money, fails on 'boom'."""
+
+    kind = "classifier"
+
+    def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
+        out = []
+        for r in requests:
+            text = r.last_user_text()
+            if "boom" in text:
+                raise ValueError("cannot read this request")
+            label = "refund" if "money" in text else "other"
+            out.append(Prediction(ChatResponse.of_text("kw", label), 0.9 if label == "refund" else 0.6))
+        return out
+
+
+async def test_a_failing_request_does_not_sink_a_specialist_batch() -> None:
+    examples = [
+        _ex("I want my money back", ChatResponse.of_text("t", "refund")),
+        _ex("boom", ChatResponse.of_text("t", "other")),
+        _ex("where is it", ChatResponse.of_text("t", "other")),
+        _ex("money please", ChatResponse.of_text("t", "other")),
+    ]
+    report = await evaluate(_Keyword(), examples, shape="label", latency_sample=4)
+    assert [r.correct for r in report.results] == [True, False, True, False]
+    assert report.errors == 1 and "cannot read" in (report.results[1].error or "")
+    assert [r.confidence for r in report.results] == [0.9, 0.0, 0.6, 0.9]
+    assert report.coverage == {"0.9": 0.0, "0.95": 0.0, "0.99": 0.0}
+    assert report.curve and report.curve[0]["accuracy"] == 0.5  # the two 0.9 answers: one right

@@ -193,21 +193,39 @@ def _show(response: ChatResponse | None) -> str:
 
 async def _predict_specialist(
     specialist: Specialist, requests: list[ChatRequest], batch_size: int, latency_sample: int
-) -> tuple[list[ChatResponse], list[float], list[float], float]:
-    responses: list[ChatResponse] = []
+) -> tuple[list[ChatResponse | None], list[float], list[float], float, list[str | None]]:
+    responses: list[ChatResponse | None] = []
     confidences: list[float] = []
+    errors: list[str | None] = []
     started = time.perf_counter()
     for i in range(0, len(requests), batch_size):
-        preds = await asyncio.to_thread(specialist.predict, requests[i : i + batch_size])
-        responses += [p.response for p in preds]
-        confidences += [p.confidence for p in preds]
+        batch = requests[i : i + batch_size]
+        try:
+            preds = await asyncio.to_thread(specialist.predict, batch)
+            responses += [p.response for p in preds]
+            confidences += [p.confidence for p in preds]
+            errors += [None] * len(preds)
+        except Exception:  # find the request that fails; the others still count
+            for req in batch:
+                try:
+                    (p,) = await asyncio.to_thread(specialist.predict, [req])
+                    responses.append(p.response)
+                    confidences.append(p.confidence)
+                    errors.append(None)
+                except Exception as e:
+                    responses.append(None)
+                    confidences.append(0.0)
+                    errors.append(f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
     compute = time.perf_counter() - started
     latencies = []
     for req in requests[:latency_sample]:  # single requests, as the router sends them
         t = time.perf_counter()
-        await asyncio.to_thread(specialist.predict, [req])
+        try:
+            await asyncio.to_thread(specialist.predict, [req])
+        except Exception:
+            continue
         latencies.append((time.perf_counter() - t) * 1000)
-    return responses, confidences, latencies, compute
+    return responses, confidences, latencies, compute, errors
 
 
 async def _predict_model(
@@ -259,10 +277,9 @@ async def evaluate(
     errors: list[str | None] = [None] * len(examples)
     if isinstance(specialist, Specialist):
         label = name or getattr(model, "name", None) or f"specialist:{specialist.kind}"
-        responses_, confidences, sample, compute = await _predict_specialist(
+        responses, confidences, sample, compute, errors = await _predict_specialist(
             specialist, requests, batch_size, latency_sample
         )
-        responses: list[ChatResponse | None] = list(responses_)
         latencies: list[float] = sample
         per_example_latency: list[float | None] = [compute * 1000 / max(1, len(examples))] * len(examples)
         cost = None if usd_per_hour is None else compute / 3600 * usd_per_hour
