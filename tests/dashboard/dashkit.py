@@ -61,21 +61,6 @@ class Site:
         self.store.close()
 
 
-def _with_ui(gw: Gateway) -> Any:
-    # Until the gateway mounts /ui itself.
-    from smallfleet.dashboard import create_dashboard
-
-    ui = create_dashboard(gw.store, gw.keys, metrics=gw.metrics)
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/ui" or scope["path"].startswith("/ui/")):
-            await ui(scope, receive, send)
-        else:
-            await gw(scope, receive, send)
-
-    return app
-
-
 def start_site(
     tmp: Path, upstream: ScriptedUpstream, *, keys: bool = True, store_url: str | None = None
 ) -> Site:
@@ -98,7 +83,7 @@ def start_site(
     )
     store = TraceStore(url)
     app = create_app(settings, store=store)
-    server = BackgroundServer(_with_ui(app)).start()
+    server = BackgroundServer(app).start()
     return Site(app, server, store)
 
 

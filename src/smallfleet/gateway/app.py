@@ -7,6 +7,7 @@ overhead is what the benchmark measures)::
     GET  /v1/models             the configured aliases, in the OpenAI list shape
     GET  /healthz               liveness, with the trace queue depth
     GET  /metrics               Prometheus text (an admin key when keys are configured)
+    GET  /ui ...                the web dashboard (smallfleet.dashboard; its own key and CSRF checks)
 
 Every response, errors included, carries ``x-smallfleet-trace-id`` and
 ``x-smallfleet-route``; every chat request leaves exactly one
@@ -219,6 +220,8 @@ class Gateway:
                 await _send(send, 200, body, _JSON)
             elif path == "/metrics" and method == "GET":
                 await self._metrics(scope, send)
+            elif path == "/ui" or path.startswith("/ui/"):
+                await self._dashboard(scope, receive, send)
             else:
                 await self._plain_error(send, 404, f"No route {method} {path}.", code="not_found")
         elif kind == "lifespan":
@@ -249,6 +252,18 @@ class Gateway:
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         )
         await _send(send, status, body, _JSON)
+
+    async def _dashboard(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The web dashboard (:mod:`smallfleet.dashboard`), built on first use so jinja2 loads only then."""
+        ui = getattr(self, "_ui", None)
+        if ui is None:
+            if self.store is None:
+                await self._plain_error(send, 404, "The dashboard needs a trace store.", code="not_found")
+                return
+            from smallfleet.dashboard import create_dashboard
+
+            ui = self._ui = create_dashboard(self.store, self.keys, metrics=self.metrics)
+        await ui(scope, receive, send)
 
     def _admin_check(self, scope: dict[str, Any], *, admin: bool) -> None:
         if not self.keys.enabled:
