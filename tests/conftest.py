@@ -12,6 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: Where the dashboard's browser tests save screenshots (read before SMALLFLEET_* is cleared).
+_SCREENSHOTS = os.environ.get("SMALLFLEET_SCREENSHOTS")
 for _k in [k for k in os.environ if k.startswith("SMALLFLEET_")]:
     del os.environ[_k]
 
@@ -50,3 +52,9 @@ def pg_url() -> str:
             raise
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e}")
     return PG_URL
+
+
+@pytest.fixture(scope="session")
+def screenshots_env() -> str | None:
+    """``$SMALLFLEET_SCREENSHOTS`` as it was when the tests started (the variable itself is cleared)."""
+    return _SCREENSHOTS

@@ -20,7 +20,7 @@ from smallfleet.testing import ScriptedUpstream
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("SMALLFLEET_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -32,8 +32,8 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def shots() -> Path:
-    path = Path(os.environ.get("SMALLFLEET_SCREENSHOTS") or tempfile.mkdtemp(prefix="smallfleet-ui-"))
+def shots(screenshots_env: str | None) -> Path:
+    path = Path(screenshots_env or tempfile.mkdtemp(prefix="smallfleet-ui-"))
     path.mkdir(parents=True, exist_ok=True)
     print(f"\ndashboard screenshots: {path}")
     return path
@@ -51,7 +51,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptedUpstream) -
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+    if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
         pytest.skip(f"Chromium not found at {CHROMIUM}")

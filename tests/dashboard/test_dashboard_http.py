@@ -243,3 +243,11 @@ def test_open_when_keys_are_off(tmp_path: Path, upstream: ScriptedUpstream) -> N
         assert s.routes.events("triage-intent", limit=1)[0].actor == "dashboard"
     finally:
         s.stop()
+
+
+def test_mounted_in_the_gateway_beside_v1(site: Site) -> None:
+    with site.client(VIEWER_KEY) as c:
+        assert c.get("/v1/models").json()["data"][0]["id"] == "big"
+        r = c.get("/uiother")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert c.get("/ui/static/dashboard.js").headers["content-type"].startswith("text/javascript")
