@@ -46,8 +46,8 @@ def specialist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from smallfleet.testing.intents import support_desk_examples
 
     out = tmp_path_factory.mktemp("specialists") / "triage"
-    train = support_desk_examples(72, split="train", seed=1)
-    Classifier(progress=False, epochs=6, seed=0).fit(train).save(out)
+    train = support_desk_examples(48, split="train", seed=1)
+    Classifier(progress=False, epochs=4, seed=0).fit(train).save(out)
     return out
 
 
