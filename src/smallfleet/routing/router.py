@@ -1,0 +1,202 @@
+"""The router: send a request to a promoted specialist when it is confident and valid, else escalate.
+
+For each routable request:
+
+1. recognise its task type with the promoted routes' matchers (the representation the
+   flywheel clustered on); no match → the large model (``no_match``);
+2. by the route's mode: ``off`` → large; ``shadow`` → large, and the specialist answers
+   off the hot path so agreement can be recorded; ``canary:P`` → a fraction P goes on;
+   ``on`` → on;
+3. ask the specialist; serve its answer only if its confidence reaches the route's
+   threshold **and** the answer validates (:mod:`smallfleet.routing.validate`);
+   otherwise escalate, saying why (``low_confidence``, ``invalid_output: …``,
+   ``specialist_error``).
+
+:class:`Router` holds no connections: the gateway and the demo call :meth:`Router.decide`
+and act on the :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smallfleet.routing.routes import Route, RouteStore, parse_mode
+from smallfleet.routing.validate import check_response
+
+if TYPE_CHECKING:
+    from smallfleet.specialists.base import Prediction, Specialist
+    from smallfleet.types import ChatRequest, ChatResponse
+
+__all__ = ["Decision", "Router"]
+
+log = logging.getLogger("smallfleet.router")
+
+
+@dataclass
+class Decision:
+    """What the router decided for one request."""
+
+    route: Route | None
+    #: "small": serve ``response``; "large": forward to the large model; "shadow": forward, then compare.
+    action: str
+    reason: str | None = None
+    prediction: Prediction | None = None
+    match_ms: float = 0.0
+    specialist_ms: float = 0.0
+    validate_ms: float = 0.0
+
+    @property
+    def response(self) -> ChatResponse | None:
+        return self.prediction.response if self.prediction is not None and self.action == "small" else None
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.prediction is None else self.prediction.confidence
+
+    @property
+    def label(self) -> str:
+        """The route label for traces and headers."""
+        if self.action == "small" and self.route is not None:
+            return f"specialist:{self.route.name}"
+        if self.action == "shadow" and self.route is not None:
+            return f"shadow:{self.route.name}"
+        if self.reason:
+            return f"escalated:{self.reason.split(':')[0]}"
+        return "direct"
+
+
+class Router:
+    """Chooses between the promoted specialists and the large model."""
+
+    def __init__(
+        self,
+        routes: Sequence[Route] = (),
+        *,
+        workloads: Sequence[str] = ("*",),
+        aliases: Sequence[str] = ("*",),
+        encoder: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.workloads = list(workloads)
+        self.aliases = list(aliases)
+        self.encoder = encoder
+        self._rng = random.Random(seed)
+        self._specialists: dict[str, Specialist] = {}
+        self._lock = threading.Lock()
+        self._routes: list[Route] = []
+        self._matcher: Any = None
+        self.set_routes(routes)
+
+    @classmethod
+    def from_store(cls, store: RouteStore, **kw: Any) -> Router:
+        router = cls(store.active(serving_only=True), **kw)
+        router._store = store  # type: ignore[attr-defined]
+        return router
+
+    def reload(self) -> None:
+        """Re-read the active routes from the store this router was built from."""
+        store: RouteStore | None = getattr(self, "_store", None)
+        if store is not None:
+            self.set_routes(store.active(serving_only=True))
+
+    def set_routes(self, routes: Sequence[Route]) -> None:
+        from smallfleet.routing.matcher import RouteMatcher
+
+        serving = [r for r in routes if r.active and parse_mode(r.mode)[0] != "off" and r.matcher]
+        matcher = (
+            RouteMatcher([(r.name, r.matcher) for r in serving], encoder=self.encoder) if serving else None
+        )
+        with self._lock:
+            self._routes = serving
+            self._matcher = matcher
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes)
+
+    # ------------------------------------------------------------ deciding
+
+    def routable(self, workload: str, alias: str) -> bool:
+        return any(fnmatch.fnmatchcase(workload, p) for p in self.workloads) and any(
+            fnmatch.fnmatchcase(alias, p) for p in self.aliases
+        )
+
+    def match(self, request: ChatRequest) -> Route | None:
+        matcher = self._matcher
+        if matcher is None:
+            return None
+        name = matcher.match(request)
+        if name is None:
+            return None
+        return next((r for r in self._routes if r.name == name), None)
+
+    def specialist(self, route: Route) -> Specialist:
+        spec = self._specialists.get(route.specialist_path)
+        if spec is None:
+            from smallfleet.specialists.base import load_specialist
+
+            with self._lock:
+                spec = self._specialists.get(route.specialist_path)
+                if spec is None:
+                    spec = load_specialist(route.specialist_path)
+                    self._specialists[route.specialist_path] = spec
+        return spec
+
+    def predict(self, route: Route, request: ChatRequest) -> Prediction:
+        (pred,) = self.specialist(route).predict([request])
+        pred.response.model = f"smallfleet:{route.name}"
+        return pred
+
+    def decide(self, request: ChatRequest, workload: str = "default") -> Decision:
+        """Match, ask the specialist if the mode says so, and validate."""
+        t0 = time.perf_counter()
+        if not self.routable(workload, request.model):
+            return Decision(route=None, action="large", reason=None)
+        route = self.match(request)
+        t1 = time.perf_counter()
+        if route is None:
+            return Decision(route=None, action="large", reason="no_match", match_ms=(t1 - t0) * 1000)
+        mode, share = parse_mode(route.mode)
+        if mode == "shadow":
+            return Decision(route=route, action="shadow", match_ms=(t1 - t0) * 1000)
+        if mode == "canary" and self._rng.random() >= share:
+            return Decision(route=route, action="large", reason="canary_holdout", match_ms=(t1 - t0) * 1000)
+        return self._ask(route, request, t0, t1)
+
+    def _ask(self, route: Route, request: ChatRequest, t0: float, t1: float) -> Decision:
+        try:
+            pred = self.predict(route, request)
+        except Exception as e:
+            log.warning("specialist for route %s failed: %s", route.name, e)
+            return Decision(route=route, action="large", reason="specialist_error", match_ms=(t1 - t0) * 1000)
+        t2 = time.perf_counter()
+        decision = Decision(
+            route=route,
+            action="large",
+            prediction=pred,
+            match_ms=(t1 - t0) * 1000,
+            specialist_ms=(t2 - t1) * 1000,
+        )
+        if pred.confidence < route.threshold:
+            decision.reason = "low_confidence"
+            return decision
+        problem = check_response(request, pred.response, route.labels)
+        decision.validate_ms = (time.perf_counter() - t2) * 1000
+        if problem is not None:
+            decision.reason = f"invalid_output: {problem}"
+            return decision
+        decision.action = "small"
+        return decision
+
+    def agree(self, request: ChatRequest, small: ChatResponse, large: ChatResponse) -> bool:
+        """Whether the specialist's answer matches the large model's (the same metric as evaluation)."""
+        from smallfleet.evals.evaluate import score, shape_of
+
+        return bool(score(small, large, request, shape_of(large)).correct)
