@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["agreement_chart", "cluster_share_chart", "overview_charts"]
 
-_WIDE = 760
+_WIDE = 620
 
 
 def _labels(buckets: Sequence[float], width_s: float, every: int) -> list[str]:
