@@ -282,3 +282,61 @@ async def test_step_outputs_feed_later_skills(upstream: ScriptedUpstream) -> Non
     agent = Agent("planner", skills=[writer], tools=tools, settings=settings_for(upstream))
     result = await agent.run("answer the customer")
     assert result.final_answer == "wrote reply using: #77: ok"
+
+
+async def test_router_serves_skill_calls_small(
+    upstream: ScriptedUpstream, specialist_dir: Path, tmp_path: Path
+) -> None:
+    """With a Router, a skill's call goes to the promoted specialist when it is confident and valid,
+    else to the skill's own (large) model; the trace says which, with the confidence."""
+    from smallfleet.routing.matcher import static_key
+    from smallfleet.routing.router import Router
+    from smallfleet.routing.routes import Route
+    from smallfleet.testing.intents import INTENTS, SYSTEM_PROMPT
+
+    def script(request: dict[str, Any]) -> Reply:
+        if request["messages"][0]["content"] == SYSTEM_PROMPT:
+            return Reply.text("LARGE-MODEL-LABEL", model="gpt-4o")  # the triage skill's large model
+        results = tool_messages(request)
+        if not results:
+            return Reply.tool_call("triage", {"task": "Where is my order #12345?"}, model="gpt-4o")
+        return Reply.text(f"intent={results[0]}", model="gpt-4o")
+
+    upstream.set_responder(script)
+    skill = Skill("triage", "Find the intent.", model="planner", system_prompt=SYSTEM_PROMPT)
+    key = static_key(skill.request(skill.messages("any", {}, {}), []))
+
+    def route(threshold: float) -> Route:
+        return Route(
+            name="support-triage",
+            kind="classifier",
+            specialist_path=str(specialist_dir),
+            threshold=threshold,
+            mode="on",
+            labels=INTENTS,
+            matcher={"keys": [key]},
+        )
+
+    store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    settings = settings_for(upstream)
+    router = Router([route(0.0)], workloads=["support/*"])
+    agent = Agent("planner", skills=[skill], name="support", settings=settings, store=store, router=router)
+    small = await agent.run("help the customer")
+    assert small.final_answer == "intent=order_status"
+    assert not any(r["messages"][0]["content"] == SYSTEM_PROMPT for r in upstream.requests)
+    step = next(s for s in small.steps if s.role == "triage")
+    assert step.route == "specialist:support-triage" and step.cost_usd == 0.0
+    assert step.confidence is not None and 0.0 < step.confidence <= 1.0
+
+    router.set_routes([route(1.01)])  # no answer is that sure: escalate to the skill's model
+    large = await agent.run("help the customer")
+    assert large.final_answer == "intent=LARGE-MODEL-LABEL"
+    step = next(s for s in large.steps if s.role == "triage")
+    assert step.route == "escalated:low_confidence" and step.cost_usd > 0
+
+    traces = {t.run_id: t for t in store.iter_traces(workload="support/triage")}
+    assert traces[small.run_id].route == "specialist:support-triage"
+    assert traces[small.run_id].response["choices"][0]["message"]["content"] == "order_status"
+    assert traces[large.run_id].escalation == "low_confidence"
+    assert traces[large.run_id].confidence == pytest.approx(step.confidence)
+    store.close()
