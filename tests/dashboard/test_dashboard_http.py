@@ -251,3 +251,11 @@ def test_mounted_in_the_gateway_beside_v1(site: Site) -> None:
         r = c.get("/uiother")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert c.get("/ui/static/dashboard.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_pages_cannot_be_framed_and_run_only_our_script(site: Site) -> None:
+    with site.client(VIEWER_KEY) as c:
+        r = c.get("/ui/routes")
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert "<script>" not in r.text

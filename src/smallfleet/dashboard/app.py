@@ -54,6 +54,16 @@ log = logging.getLogger("smallfleet.dashboard")
 PAGE_SIZE = 50
 _MAX_FORM = 64 * 1024
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+#: Pages are never cached, never framed (no clickjacking of the action buttons), and run only our script.
+_HEADERS = {
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    ),
+}
 _NAV = [
     ("overview", "", "Overview"),
     ("workloads", "/workloads", "Workloads"),
@@ -167,7 +177,7 @@ class Dashboard:
     def _respond(self, request: Request, body: str, status: int = 200) -> Response:
         from starlette.responses import HTMLResponse
 
-        resp = HTMLResponse(body, status_code=status, headers={"cache-control": "no-store"})
+        resp = HTMLResponse(body, status_code=status, headers=_HEADERS)
         if request.cookies.get(SESSION_COOKIE) != request.state.session:
             resp.set_cookie(
                 SESSION_COOKIE,
@@ -421,7 +431,7 @@ class Dashboard:
             )
             return self._respond(request, body, e.status_code)
         target = form.get("next") or self.prefix
-        if not target.startswith(self.prefix):  # never an open redirect
+        if not (target == self.prefix or target.startswith(self.prefix + "/")):  # never an open redirect
             target = self.prefix
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict", path=self.prefix or "/")
