@@ -217,7 +217,7 @@ class Agent:
         """Run the agent on ``task`` until a final answer or a limit."""
         run = Run(self, task, run_id or uuid.uuid4().hex)
         async with contextlib.AsyncExitStack() as stack:
-            for item in self.tools:
+            for item in [*self.tools, *(t for s in self.skills for t in s.tools)]:
                 if isinstance(item, MCPServer) and not item.started:
                     await item.start()
                     stack.push_async_callback(item.aclose)
