@@ -1,0 +1,435 @@
+"""Curate (S2): from recorded traffic to a clean, deduplicated train/validation/test split.
+
+What is dropped, in this order, each counted under its reason:
+
+``error``              the call failed (status not ok, an HTTP error, an error message)
+``no_response``        nothing was recorded as the answer
+``invalid_response``   the recorded answer is not an OpenAI chat completion
+``truncated``          ``finish_reason == "length"``
+``refusal``            a ``refusal`` field, ``finish_reason == "content_filter"``, or a short
+                       refusal-like text ("I'm sorry, but I can't help with that.")
+``empty``              neither text nor tool calls
+``negative_feedback``  a feedback score below ``negative_below``
+``duplicate``          the same task text and answer, after normalising case and whitespace
+``near_duplicate``     the request's dialogue (the messages but the system prompt) has embedding
+                       cosine similarity >= ``near_duplicate_threshold`` to an earlier kept call
+                       of the same task block (same system prompt, tools and format)
+
+Near-duplicates are compared only within a block (a cheap key: system prompt with digits
+masked, tool names, response format name), in chunks with matrix products, so 100k traces
+do not need all pairs. With ``near_duplicates="group"`` they are kept instead, and each
+group goes whole into the split of its earliest member.
+
+The split is by time: the oldest ``split[0]`` of the calls train, then validation, and the
+newest calls are the test set, as the newest traffic is what a specialist will meet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from smallfleet.store.records import TraceRecord
+
+__all__ = [
+    "DROP_REASONS",
+    "Curated",
+    "curate",
+    "dialogue_text",
+    "drop_reason",
+    "embed_cached",
+    "is_refusal",
+    "task_text",
+]
+
+DROP_REASONS = (
+    "error", "no_response", "invalid_response", "truncated", "refusal", "empty",
+    "negative_feedback", "duplicate", "near_duplicate",
+)  # fmt: skip
+
+_REFUSAL = re.compile(
+    r"^\W*(?:i'?m sorry|i am sorry|sorry|unfortunately|apologies)?[,.!]?\s*(?:but\s+)?"
+    r"(?:i|we)\s*(?:can ?not|can'?t|won'?t|(?:am|are|'?m|'?re) (?:unable|not able) to)\s+"
+    r"(?:help|assist|comply|provide|do that|answer|fulfil|fulfill|support|process that)"
+    r"|^\W*as an ai(?: language model)?,? i (?:can ?not|can'?t|don'?t)",
+    re.IGNORECASE,
+)
+_WS = re.compile(r"\s+")
+_DIGITS = re.compile(r"\d+")
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a (short) answer reads as a refusal; long answers that merely contain "I can't" are not."""
+    t = text.strip().replace("\u2019", "'")
+    return len(t) <= 400 and _REFUSAL.search(t) is not None
+
+
+def _message(record: TraceRecord) -> dict[str, Any] | None:
+    resp = record.response
+    if not isinstance(resp, dict):
+        return None
+    choices = resp.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    msg = choices[0].get("message")
+    return msg if isinstance(msg, dict) else None
+
+
+def drop_reason(
+    record: TraceRecord, feedback: Mapping[str, float] | None = None, negative_below: float = 0.0
+) -> str | None:
+    """Why ``record`` is not a good example of the large model's work, or None when it is."""
+    if record.status != "ok" or record.http_status >= 400 or record.error:
+        return "error"
+    if not record.response:
+        return "no_response"
+    msg = _message(record)
+    if msg is None:
+        return "invalid_response"
+    finish = record.response["choices"][0].get("finish_reason")
+    if finish == "length":
+        return "truncated"
+    content = msg.get("content")
+    text = content if isinstance(content, str) else ""
+    if isinstance(content, list):
+        text = "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    if finish == "content_filter" or msg.get("refusal") or (text and is_refusal(text)):
+        return "refusal"
+    if not text.strip() and not msg.get("tool_calls"):
+        return "empty"
+    if feedback is not None and record.id in feedback and feedback[record.id] < negative_below:
+        return "negative_feedback"
+    return None
+
+
+# ---------------------------------------------------------------- texts and keys
+
+
+def _norm(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()
+
+
+def _content(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n".join(str(p.get("text") or "") for p in value if isinstance(p, dict))
+    return "" if value is None else str(value)
+
+
+def _block_key(request: dict[str, Any]) -> str:
+    """What must be equal for two calls to be duplicates at all: the step, not the user's words."""
+    system = " ".join(
+        _content(m.get("content"))
+        for m in request.get("messages", [])
+        if m.get("role") in ("system", "developer")
+    )
+    tools = sorted(str((t.get("function") or {}).get("name")) for t in request.get("tools") or [])
+    fmt = request.get("response_format") or {}
+    fmt_name = (fmt.get("json_schema") or {}).get("name") if isinstance(fmt, dict) else None
+    key = json.dumps([_DIGITS.sub("0", _norm(system)), tools, fmt.get("type"), fmt_name])
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def _answer_text(msg: dict[str, Any]) -> str:
+    parts = [_content(msg.get("content"))]
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        args: Any = fn.get("arguments")
+        try:
+            args = json.dumps(json.loads(args), sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError):
+            pass
+        parts.append(f"{fn.get('name')}({args})")
+    return " ".join(p for p in parts if p)
+
+
+def _dialogue(request: dict[str, Any]) -> str:
+    """Every non-system message of the request: what the user (and earlier turns) said."""
+    return dialogue_text(request, limit=1_000_000)
+
+
+def task_text(record: TraceRecord) -> str:
+    """The normalised text that identifies a call: its step (system, tools, format), dialogue and answer."""
+    req = record.request or {}
+    tools = json.dumps(req.get("tools") or [], sort_keys=True)
+    fmt = json.dumps(req.get("response_format") or {}, sort_keys=True)
+    system = " ".join(
+        _content(m.get("content"))
+        for m in req.get("messages", [])
+        if m.get("role") in ("system", "developer")
+    )
+    return _norm(
+        f"{system}\x1f{tools}\x1f{fmt}\x1f{_dialogue(req)}\x1f{_answer_text(_message(record) or {})}"
+    )
+
+
+def dialogue_text(request: dict[str, Any], limit: int = 1000) -> str:
+    """The request without its system prompt (the user's words, and earlier turns), at most ``limit`` chars.
+
+    Near-duplicates are judged on this, and clustering embeds the same text, so the
+    embedding cache serves both.
+    """
+    msgs = [m for m in request.get("messages", []) if m.get("role") not in ("system", "developer")]
+    if len(msgs) == 1:
+        return _content(msgs[0].get("content"))[-limit:]
+    return "\n".join(f"{m.get('role')}: {_content(m.get('content'))}" for m in msgs)[-limit:]
+
+
+_CACHE: dict[tuple[str | None, str], Any] = {}
+_CACHE_MAX = 50_000
+
+
+def embed_cached(
+    texts: Sequence[str],
+    encoder: str | None = None,
+    batch_size: int = 128,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embeddings of ``texts`` with the bundled (or given) encoder, reusing those computed before.
+
+    A bounded in-process cache (oldest evicted first), so curate and cluster, which embed
+    the same request texts, pay once. ``on_batch(n)`` is called after each batch of new texts.
+    """
+    import numpy as np
+
+    from smallfleet.encoders import embed
+
+    todo = list(dict.fromkeys(t for t in texts if (encoder, t) not in _CACHE))
+    fresh: dict[str, Any] = {}
+    step = max(batch_size * 4, 1)
+    for start in range(0, len(todo), step):
+        part = todo[start : start + step]
+        for t, v in zip(part, embed(part, encoder, batch_size=batch_size), strict=True):
+            fresh[t] = v
+        if on_batch:
+            on_batch(len(part))
+    for t, v in fresh.items():
+        if len(_CACHE) >= _CACHE_MAX:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[(encoder, t)] = v
+    if not texts:
+        return embed([], encoder)
+    return np.stack([fresh[t] if t in fresh else _CACHE[(encoder, t)] for t in texts])
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass
+class Curated:
+    """The curated split, oldest first within each part, and what was dropped and why."""
+
+    train: list[TraceRecord]
+    validation: list[TraceRecord]
+    test: list[TraceRecord]
+    dropped: Counter[str] = field(default_factory=Counter)
+    #: trace id → the id of its near-duplicate group's earliest member (``near_duplicates="group"``)
+    groups: dict[str, str] = field(default_factory=dict)
+    #: trace id → why it was dropped
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return len(self.train) + len(self.validation) + len(self.test)
+
+    def split_of(self, trace_id: str) -> str | None:
+        for name in ("train", "validation", "test"):
+            if any(r.id == trace_id for r in getattr(self, name)):
+                return name
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Counts as plain JSON: kept per split, dropped per reason."""
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+            "dropped": dict(self.dropped),
+        }
+
+
+# ---------------------------------------------------------------- near-duplicates
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)  # the root is the earliest member
+
+
+def _drop_near(emb: np.ndarray, threshold: float, chunk: int) -> list[bool]:
+    """Keep each row unless it is >= threshold to an earlier kept row (rows in time order)."""
+    import numpy as np
+
+    n = len(emb)
+    keep = np.zeros(n, dtype=bool)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = emb[start:stop]
+        candidate = np.ones(stop - start, dtype=bool)
+        if keep[:start].any():
+            prev = emb[:start][keep[:start]]
+            candidate &= (block @ prev.T).max(axis=1) < threshold
+        sims = block @ block.T
+        for i in np.flatnonzero(candidate):
+            earlier = keep[start : start + i]
+            if not (earlier.any() and (sims[i, :i][earlier] >= threshold).any()):
+                keep[start + i] = True
+    return keep.tolist()
+
+
+def _group_near(emb: np.ndarray, threshold: float, chunk: int) -> list[int]:
+    """Each row's group: connected components of pairs >= threshold; a group's root is its earliest row."""
+    import numpy as np
+
+    uf = _UnionFind(len(emb))
+    for start in range(0, len(emb), chunk):
+        sims = emb[start : start + chunk] @ emb[: start + chunk].T
+        rows, cols = np.nonzero(sims >= threshold)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            if c < start + r:
+                uf.union(start + r, c)
+    return [uf.find(i) for i in range(len(emb))]
+
+
+# ---------------------------------------------------------------- curate
+
+
+def curate(
+    records: Sequence[TraceRecord],
+    *,
+    feedback: Mapping[str, float] | None = None,
+    negative_below: float = 0.0,
+    near_duplicate_threshold: float = 0.97,
+    near_duplicates: Literal["drop", "group"] = "drop",
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    encoder: str | None = None,
+    batch_size: int = 256,
+    chunk: int = 2048,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Curated:
+    """Keep the large model's good answers, deduplicated, split by time (test = newest).
+
+    ``feedback`` maps trace ids to a score; below ``negative_below`` the call is
+    dropped. ``on_progress(stage, done, total)`` is called as work advances (for
+    progress bars). ``near_duplicate_threshold=1.0`` switches near-duplicate
+    detection off (no embedding at all).
+    """
+    if near_duplicates not in ("drop", "group"):
+        raise ValueError(f"near_duplicates must be 'drop' or 'group', not {near_duplicates!r}")
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"split must be three fractions that add up to 1, not {split!r}")
+    report = on_progress or (lambda stage, done, total: None)
+    dropped: Counter[str] = Counter()
+    reasons: dict[str, str] = {}
+
+    def drop(r: TraceRecord, why: str) -> None:
+        dropped[why] += 1
+        reasons[r.id] = why
+
+    ordered = sorted(records, key=lambda r: (r.created_at, r.id))
+    good: list[TraceRecord] = []
+    seen: set[str] = set()
+    for i, r in enumerate(ordered):
+        why = drop_reason(r, feedback, negative_below)
+        if why is None:
+            digest = hashlib.sha1(task_text(r).encode()).hexdigest()
+            if digest in seen:
+                why = "duplicate"
+            seen.add(digest)
+        if why:
+            drop(r, why)
+        else:
+            good.append(r)
+        if i % 1000 == 999:
+            report("filter", i + 1, len(ordered))
+    report("filter", len(ordered), len(ordered))
+
+    group_root = list(range(len(good)))
+    if near_duplicate_threshold < 1.0 and good:
+        group_root = _near_duplicates(
+            good, near_duplicate_threshold, near_duplicates, encoder, batch_size, chunk, report
+        )
+        if near_duplicates == "drop":
+            kept = [r for r, g in zip(good, group_root, strict=True) if g >= 0]
+            for r, g in zip(good, group_root, strict=True):
+                if g < 0:
+                    drop(r, "near_duplicate")
+            good, group_root = kept, list(range(len(kept)))
+
+    parts = _split_by_time(good, group_root, split)
+    groups = {}
+    if near_duplicates == "group":
+        groups = {r.id: good[g].id for i, (r, g) in enumerate(zip(good, group_root, strict=True)) if g != i}
+    return Curated(*parts, dropped=dropped, groups=groups, reasons=reasons)
+
+
+def _near_duplicates(
+    good: list[TraceRecord],
+    threshold: float,
+    mode: str,
+    encoder: str | None,
+    batch_size: int,
+    chunk: int,
+    report: Callable[[str, int, int], None],
+) -> list[int]:
+    """Per record (in time order): its group root's index, or -1 when it is dropped (mode "drop")."""
+    done_embedding = 0
+
+    def progress(n: int) -> None:
+        nonlocal done_embedding
+        done_embedding += n
+        report("embed", done_embedding, len(good))
+
+    emb = embed_cached([dialogue_text(r.request or {}) for r in good], encoder, batch_size, progress)
+    blocks: dict[str, list[int]] = {}
+    for i, r in enumerate(good):
+        blocks.setdefault(_block_key(r.request or {}), []).append(i)
+    out = list(range(len(good)))
+    done = 0
+    for idx in blocks.values():
+        sub = emb[idx]
+        if mode == "drop":
+            for i, keep in zip(idx, _drop_near(sub, threshold, chunk), strict=True):
+                out[i] = i if keep else -1
+        else:
+            for i, root in zip(idx, _group_near(sub, threshold, chunk), strict=True):
+                out[i] = idx[root]
+        done += len(idx)
+        report("near_duplicates", done, len(good))
+    return out
+
+
+def _split_by_time(
+    good: list[TraceRecord], group_root: list[int], split: tuple[float, float, float]
+) -> tuple[list[TraceRecord], list[TraceRecord], list[TraceRecord]]:
+    """Assign whole groups, in the order of their earliest member, to train, validation, test."""
+    n = len(good)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group_root):
+        members.setdefault(g, []).append(i)
+    train_end, val_end = split[0] * n, (split[0] + split[1]) * n
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    placed = 0
+    for root in sorted(members):  # roots are the earliest member of each group, and good is in time order
+        part = 0 if placed < train_end else 1 if placed < val_end else 2
+        parts[part].extend(members[root])
+        placed += len(members[root])
+    return tuple([good[i] for i in sorted(p)] for p in parts)  # type: ignore[return-value]
