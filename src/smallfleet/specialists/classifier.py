@@ -37,6 +37,7 @@ from smallfleet.encoders import DEFAULT_ENCODER_ID
 from smallfleet.errors import UserError
 from smallfleet.specialists._encoder import (
     EncoderBackbone,
+    inference_dtype,
     load_tensors,
     progress,
     request_text_pair,
@@ -92,6 +93,7 @@ class Classifier(Specialist):
         lr: float = 1e-4,
         head_lr: float = 1e-3,
         max_labels: int = 100,
+        dtype: str = "auto",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -104,6 +106,8 @@ class Classifier(Specialist):
         self.lr = lr
         self.head_lr = head_lr
         self.max_labels = max_labels
+        self.dtype = dtype
+        self._top_state: dict[str, torch.Tensor] = {}
         self.seed = seed
         self.show_progress = progress
         self.labels: list[str] = []
@@ -123,6 +127,7 @@ class Classifier(Specialist):
             "trainable_layers": self.trainable_layers,
             "temperature": self.temperature,
             "use_system": self.use_system,
+            "dtype": self.dtype,
             "outputs": self.outputs,
         }
 
@@ -203,6 +208,8 @@ class Classifier(Specialist):
                         bar.advance()
         bb.train_mode(False)
         del states
+        self._top_state = bb.top_state_dict()  # float32, what save() writes
+        bb.to_dtype(inference_dtype(self.dtype))
 
         seconds = round(time.perf_counter() - started, 2)
         metrics: dict[str, Any] = {"train_seconds": seconds, "loss": last_loss}
@@ -278,7 +285,7 @@ class Classifier(Specialist):
             raise UserError("Nothing to save: the classifier is not trained.")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {f"encoder.{k}": v for k, v in self.backbone.top_state_dict().items()}
+        tensors = {f"encoder.{k}": v for k, v in self._top_state.items()}
         tensors["head.weight"] = self.head.weight.detach()
         tensors["head.bias"] = self.head.bias.detach()
         save_tensors(tensors, d / WEIGHTS_FILE)
@@ -300,6 +307,7 @@ class Classifier(Specialist):
             max_length=p.get("max_length", 128),
             num_layers=p.get("num_layers"),
             trainable_layers=p.get("trainable_layers", 1),
+            dtype=p.get("dtype", "auto"),
             progress=False,
         )
         self.labels = list(meta.labels or [])
@@ -314,9 +322,11 @@ class Classifier(Specialist):
             num_layers=self.num_layers,
             trainable_layers=self.trainable_layers,
         )
-        self.backbone.load_top_state_dict(
-            {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
-        )
+        self._top_state = {
+            k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")
+        }
+        self.backbone.load_top_state_dict(self._top_state)
+        self.backbone.to_dtype(inference_dtype(self.dtype))
         head = torch.nn.Linear(self.backbone.dim, len(self.labels))
         head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
         self.head = head.eval()
