@@ -186,7 +186,9 @@ class Classifier(Specialist):
         # Stage 2: fine-tune the top encoder layer(s) with the head, in mini-batches.
         top = [p for layer in bb.top_layers() for p in layer.parameters()]
         batches_per_epoch = math.ceil(n / self.batch_size)
-        epochs = self.epochs or max(2, min(10, math.ceil(60 / batches_per_epoch)))
+        epochs = (
+            self.epochs if self.epochs is not None else max(2, min(10, math.ceil(60 / batches_per_epoch)))
+        )
         if top and epochs > 0:
             groups = [{"params": self.head.parameters(), "lr": self.head_lr}, {"params": top, "lr": self.lr}]
             opt = torch.optim.AdamW(groups, weight_decay=0.01)
