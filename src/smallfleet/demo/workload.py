@@ -82,16 +82,16 @@ class TaskType:
 TASK_TYPES: dict[str, TaskType] = {
     t.name: t
     for t in [
-        TaskType("intent", "label", True, 0.20),
+        TaskType("intent", "label", True, 0.21),
         TaskType("urgency", "label", True, 0.08),
-        TaskType("extract", "json", True, 0.14),
+        TaskType("extract", "json", True, 0.15),
         TaskType("lookup_order", "tool_call", True, 0.10, "lookup_order"),
         TaskType("track_shipment", "tool_call", True, 0.12, "track_shipment"),
         TaskType("issue_refund", "tool_call", True, 0.08, "issue_refund"),
-        TaskType("update_address", "tool_call", True, 0.06, "update_address"),
-        TaskType("troubleshoot", "text", False, 0.08),
-        TaskType("policy", "text", False, 0.08),
-        TaskType("complaint", "text", False, 0.06),
+        TaskType("update_address", "tool_call", True, 0.08, "update_address"),
+        TaskType("troubleshoot", "text", False, 0.07),
+        TaskType("policy", "text", False, 0.06),
+        TaskType("complaint", "text", False, 0.05),
         # week 2 only
         TaskType("shipping_status", "tool_call", True, 0.12, "get_shipping_status"),
         TaskType("return_label", "tool_call", True, 0.06, "create_return_label"),
@@ -197,25 +197,49 @@ EXTRACT_FORMAT = {
 
 _AGENT = (
     "You are Nora, the customer support assistant of Northwind Goods, an online shop for home, "
-    "tech and outdoor products. Be concise, friendly and accurate. Today is {today}.\n\n"
+    "tech and outdoor products. Be concise, friendly and accurate. Today is {today}.\n"
+    "Rules: never ask for full card numbers or passwords; never promise a delivery date the tools "
+    "do not confirm; refunds above 500 EUR and legal threats go to a human agent; answer in the "
+    "customer's language; use the tools for anything about a specific order instead of guessing; "
+    "order ids look like ORD-12345.\n\n"
 )
+_INTENT_DEFINITIONS = {
+    "order_status": "where an order or parcel is, whether it was processed, shipped or delivered",
+    "refund_request": "the customer wants money back for an order or an item",
+    "change_address": "the delivery address of an order must change",
+    "cancel_order": "the customer wants to cancel an order",
+    "product_question": "questions about a product before or after buying (size, stock, features)",
+    "payment_problem": "charges, failed payments, invoices, vouchers not applied",
+    "account_access": "login, password, email, personal data and account settings",
+    "complaint": "the customer is angry or disappointed about the service as a whole",
+}
 _HANDBOOK = "\n".join(f"- {topic}: {answers[0]}" for topic, answers in D.POLICY_ANSWERS.items())
 SYSTEM_PROMPTS: dict[str, str] = {
     "intent": (
         "You are the triage step of the Northwind Goods support agent. Read the customer's message and "
-        f"classify its intent. Answer with exactly one label from: {', '.join(INTENTS)}. "
-        "Answer with the label only, no punctuation."
+        "classify its intent into exactly one of these labels:\n"
+        + "".join(f"- {k}: {v}\n" for k, v in _INTENT_DEFINITIONS.items())
+        + "When several apply, choose the one the customer most needs handled now; an angry message "
+        "about one specific request still gets that request's label unless it is about the service as "
+        "a whole. Answer with the label only, no punctuation."
     ),
     "urgency": (
         "You are the prioritisation step of the Northwind Goods support agent. Rate how urgent the "
-        "customer's message is, considering deadlines, money at stake and how upset they are. "
+        "customer's message is, considering deadlines, money at stake and how upset they are.\n"
+        "- low: general questions, nothing is at stake yet\n"
+        "- normal: a specific order or account needs attention, no deadline\n"
+        "- high: money was taken wrongly, the customer is upset, or something is time-sensitive\n"
+        "- urgent: high, and the customer asks for it to be handled now\n"
         "Answer with exactly one word: low, normal, high or urgent."
     ),
     "extract": (
         "You extract structured data from customer messages for the Northwind Goods ticketing system. "
         "Return the order id, the customer's email, the product, the amount (a number, without currency) "
         "and the date (YYYY-MM-DD; dates without a year are in the current year, 03/04/2026 is March 4). "
-        "Use null for anything the message does not mention."
+        "Use null for anything the message does not mention. The order id is the ORD-number as written; "
+        "the email exactly as written; the product as the customer names it, without articles; the "
+        "amount as a plain number with a dot as decimal separator (12,50 EUR is 12.5). Never invent "
+        "values and never add fields."
     ),
     "lookup_order": _AGENT
     + "The customer asks about an order. Look it up with lookup_order before answering.",

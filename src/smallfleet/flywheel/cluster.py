@@ -164,17 +164,23 @@ class SignatureEncoder:
         return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
     def encode(
-        self, sigs: Sequence[Signature], batch_size: int = 128, on_batch: Callable[[int], None] | None = None
+        self,
+        sigs: Sequence[Signature],
+        batch_size: int = 128,
+        on_batch: Callable[[int], None] | None = None,
+        chunk: int = 8192,
     ) -> np.ndarray:
-        """Signature vectors, shape ``(len(sigs), 3 * dim)``."""
-        if not sigs:
-            import numpy as np
+        """Signature vectors, shape ``(len(sigs), 3 * dim)``, ``chunk`` rows at a time (bounded memory)."""
+        import numpy as np
 
-            return np.zeros((0, 3 * self.dim), dtype=np.float32)
-        dialogue = embed_cached([s.dialogue for s in sigs], self.encoder, batch_size, on_batch)
-        return self._combine(
-            self._fixed([s.system for s in sigs]), self._fixed([s.structure for s in sigs]), dialogue
-        )
+        out = np.zeros((len(sigs), 3 * self.dim), dtype=np.float32)
+        for start in range(0, len(sigs), chunk):
+            part = sigs[start : start + chunk]
+            dialogue = embed_cached([s.dialogue for s in part], self.encoder, batch_size, on_batch)
+            system = self._fixed([s.system for s in part])
+            structure = self._fixed([s.structure for s in part])
+            out[start : start + len(part)] = self._combine(system, structure, dialogue)
+        return out
 
     def encode_one(self, sig: Signature) -> np.ndarray:
         """One signature's vector, bypassing batching overhead (for the online matcher)."""

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DROP_REASONS",
     "Curated",
+    "clear_embedding_cache",
     "curate",
     "dialogue_text",
     "drop_reason",
@@ -183,7 +184,12 @@ def dialogue_text(request: dict[str, Any], limit: int = 1000) -> str:
 
 
 _CACHE: dict[tuple[str | None, str], Any] = {}
-_CACHE_MAX = 50_000
+_CACHE_MAX = 200_000  # about 350 MB of 384-d vectors and their texts at most
+
+
+def clear_embedding_cache() -> None:
+    """Forget the embeddings :func:`embed_cached` kept (to measure, or to free memory)."""
+    _CACHE.clear()
 
 
 def embed_cached(

@@ -1,0 +1,164 @@
+"""``smallfleet demo``: the whole loop on one CPU, offline, in minutes.
+
+1. a simulated week of a support-desk agent's calls to a large model is written into a
+   fresh SQLite store (redacted and priced, as the gateway would have recorded it);
+2. the flywheel curates, clusters, trains and evaluates specialists, and promotes
+   the ones that meet the target with mode ``on``;
+3. the newest held-out traffic is replayed through the router in-process: requests a
+   specialist serves are answered by it, live; requests that stay on the large model are
+   answered from the recording (there is no large model here, and the demo says so);
+4. the report is written, and the before/after figures are printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass
+class DemoResult:
+    workdir: str
+    calls: int
+    replayed: int
+    served_small: int
+    agreement: float | None
+    cost_before_usd: float
+    cost_after_usd: float
+    latency_p50_before_ms: float
+    latency_p50_after_ms: float
+    routes: list[dict[str, Any]]
+    report: str
+    by_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    escalations: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def share_small(self) -> float:
+        return self.served_small / self.replayed if self.replayed else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "share_small": self.share_small}
+
+
+def _redact(records: list[Any]) -> None:
+    from smallfleet.config import RedactionConfig
+    from smallfleet.store.redact import Redactor
+
+    redactor = Redactor(RedactionConfig())
+    for rec in records:
+        rec.request, rec.response = redactor.redact_trace(rec.request, rec.response)
+
+
+def run_demo(
+    workdir: str | Path = "smallfleet-demo",
+    calls: int = 10_000,
+    seed: int = 0,
+    target_accuracy: float = 0.95,
+    min_examples: int | None = None,
+    usd_per_hour: float = 0.10,
+    progress: bool = True,
+) -> DemoResult:
+    from rich.console import Console
+
+    from smallfleet.demo.workload import generate_workload, to_trace_records
+    from smallfleet.flywheel.pipeline import FlywheelOptions, run_flywheel
+    from smallfleet.report.html import write_report
+    from smallfleet.routing.router import Router
+    from smallfleet.routing.routes import RouteStore
+    from smallfleet.store.trace_store import TraceStore
+    from smallfleet.types import ChatRequest, ChatResponse
+
+    console = Console(quiet=not progress)
+    t_start = time.perf_counter()
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "smallfleet.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    store = TraceStore(f"sqlite:///{db}")
+
+    console.print(
+        f"[bold]1/4[/] Simulating a week of a support-desk agent: {calls:,} calls to the large model"
+    )
+    workload = generate_workload(calls, seed=seed)
+    records = to_trace_records(workload)
+    _redact(records)
+    for i in range(0, len(records), 2000):
+        store.write_traces(records[i : i + 2000])
+
+    console.print("[bold]2/4[/] Running the flywheel: curate, cluster, train, evaluate, promote")
+    opts = FlywheelOptions(
+        target_accuracy=target_accuracy,
+        min_examples=min_examples if min_examples is not None else max(30, calls // 100),
+        promote_mode="on",
+        specialists_dir=str(work / "specialists"),
+        usd_per_hour=usd_per_hour,
+        progress=progress,
+    )
+    run = run_flywheel(store, opts)
+
+    console.print("[bold]3/4[/] Replaying the newest held-out traffic through the router")
+    router = Router.from_store(RouteStore(store.engine))
+    held_out = sorted(records, key=lambda r: r.created_at)[-max(1, int(len(records) * 0.15)) :]
+    truth = {c.id: c for c in workload}
+    lat_before, lat_after = [], []
+    cost_before = cost_after = 0.0
+    served = agreed = 0
+    escalations: dict[str, int] = {}
+    by_task: dict[str, dict[str, Any]] = {}
+    for rec in held_out:
+        if rec.request is None or rec.response is None:
+            continue
+        request = ChatRequest.model_validate(rec.request)
+        large = ChatResponse.model_validate(rec.response)
+        task = truth[rec.id].task_type if rec.id in truth else "unknown"
+        stats = by_task.setdefault(task, {"calls": 0, "small": 0, "agree": 0})
+        stats["calls"] += 1
+        t0 = time.perf_counter()
+        decision = router.decide(request, rec.workload)
+        took_ms = (time.perf_counter() - t0) * 1000
+        lat_before.append(rec.latency_ms or 0.0)
+        cost_before += rec.cost_usd or 0.0
+        if decision.action == "small" and decision.response is not None:
+            served += 1
+            stats["small"] += 1
+            ok = router.agree(request, decision.response, large)
+            agreed += ok
+            stats["agree"] += ok
+            lat_after.append(took_ms)
+            cost_after += took_ms / 3_600_000 * usd_per_hour
+        else:
+            key = (decision.reason or "not routable").split(":")[0]
+            escalations[key] = escalations.get(key, 0) + 1
+            lat_after.append((rec.latency_ms or 0.0) + took_ms)  # the recorded large-model answer
+            cost_after += rec.cost_usd or 0.0
+
+    console.print("[bold]4/4[/] Writing the report")
+    summary = run.to_dict()
+    report_path, _ = write_report(summary, work / "report.html")
+    result = DemoResult(
+        workdir=str(work),
+        calls=len(records),
+        replayed=len(lat_before),
+        served_small=served,
+        agreement=(agreed / served) if served else None,
+        cost_before_usd=cost_before,
+        cost_after_usd=cost_after,
+        latency_p50_before_ms=float(statistics.median(lat_before)) if lat_before else 0.0,
+        latency_p50_after_ms=float(statistics.median(lat_after)) if lat_after else 0.0,
+        routes=[
+            {"name": r.name, "kind": r.kind, "mode": r.mode, "threshold": r.threshold} for r in router.routes
+        ],
+        report=str(report_path),
+        by_task=by_task,
+        escalations=escalations,
+        seconds=time.perf_counter() - t_start,
+    )
+    (work / "demo.json").write_text(__import__("json").dumps(result.to_dict(), indent=2))
+    return result
