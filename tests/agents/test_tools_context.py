@@ -268,3 +268,16 @@ def test_skill_request_carries_context_and_schema() -> None:
 
 def test_context_part_is_plain_data() -> None:
     assert ContextPart("n", "t", 1) == ContextPart(name="n", text="t", priority=1)
+
+
+def test_public_surface_and_no_heavy_imports() -> None:
+    import subprocess
+
+    import smallfleet.agents as agents
+
+    classes = [n for n in dir(agents) if not n.startswith("_") and n[0].isupper()]
+    assert sorted(agents.__all__) == sorted([*classes, "load_agent", "tool"])
+    heavy = ("torch", "mcp", "transformers", "sentence_transformers", "httpx")
+    code = f"import sys, smallfleet.agents; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
