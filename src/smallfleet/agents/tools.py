@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import re
@@ -100,17 +101,28 @@ class Tool:
 
 
 def schema_problem(instance: Any, schema: dict[str, Any]) -> str | None:
+    """The most relevant way ``instance`` breaks ``schema`` (``path: message``), or None when it fits."""
     import jsonschema
 
     try:
-        validator = jsonschema.Draft202012Validator(schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+        validator = _validator(json.dumps(schema, sort_keys=True))
     except jsonschema.exceptions.SchemaError as e:
         return f"the tool's schema is invalid: {e.message}"
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
     return f"{where}: {error.message}" if where else error.message
+
+
+@functools.lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def format_result(result: Any) -> str:

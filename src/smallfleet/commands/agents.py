@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from smallfleet.commands._common import console, settings
+
+if TYPE_CHECKING:
+    from smallfleet.agents.agent import RunResult, Step
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +44,6 @@ def run(
 
     from rich.markup import escape
 
-    from smallfleet.agents.agent import Step
     from smallfleet.agents.loader import load_agent
 
     out = console()
@@ -61,7 +65,7 @@ def run(
         if overrides:
             agent.limits = dataclasses.replace(agent.limits, **overrides)
 
-        async def go():  # type: ignore[no-untyped-def]
+        async def go() -> RunResult:
             try:
                 return await agent.run(task)
             finally:
@@ -96,7 +100,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _step_line(step, escape) -> str:  # type: ignore[no-untyped-def]
+def _step_line(step: Step, escape: Callable[[str], str]) -> str:
     # orchestrator turns flush left, the calls they make indented, a skill's own model calls more
     indent = "" if step.role == "orchestrator" else "    " if step.kind == "model" else "  "
     took = f"{step.latency_ms:,.0f} ms"
