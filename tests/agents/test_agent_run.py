@@ -340,3 +340,58 @@ async def test_router_serves_skill_calls_small(
     assert traces[large.run_id].escalation == "low_confidence"
     assert traces[large.run_id].confidence == pytest.approx(step.confidence)
     store.close()
+
+
+async def test_started_mcp_server_is_shared_by_runs_and_skills(
+    upstream: ScriptedUpstream, mcp_script: Path
+) -> None:
+    """A server the caller started stays up across runs; a skill can use MCP tools too."""
+
+    def script(request: dict[str, Any]) -> Reply:
+        results = tool_messages(request)
+        is_skill = request["messages"][0]["content"] == "SHIPPING"
+        if results:
+            return Reply.text(("skill: " if is_skill else "orchestrator: ") + results[-1], model="gpt-4o")
+        if is_skill:
+            return Reply.tool_call("shipping_eta", {"order_id": "#9"}, model="gpt-4o")
+        return Reply.tool_call("shipping", {"task": "when does #9 arrive?"}, model="gpt-4o")
+
+    upstream.set_responder(script)
+    async with MCPServer(sys.executable, [str(mcp_script)]) as server:
+        skill = Skill(
+            "shipping", "Shipping questions.", model="planner", system_prompt="SHIPPING", tools=[server]
+        )
+        agent = Agent("planner", skills=[skill], settings=settings_for(upstream))
+        for _ in range(2):
+            result = await agent.run("when does my order arrive?")
+            assert result.final_answer == "orchestrator: skill: order #9 arrives in 2 days"
+            assert server.started
+        tool_step = next(s for s in result.steps if s.kind == "tool")
+        skill_step = next(s for s in result.steps if s.kind == "skill")
+        assert tool_step.parent == skill_step.index
+    assert not server.started
+
+
+@pytest.mark.postgres
+async def test_run_traces_in_postgres(upstream: ScriptedUpstream, pg_url: str) -> None:
+    """The same per-step traces on the real PostgreSQL."""
+    import uuid
+
+    upstream.set_responder(planner_script_without_skill)
+    name = f"agent-{uuid.uuid4().hex[:8]}"
+    store = TraceStore(pg_url)
+    tools = [tool(quick.fn, name="lookup_order")]
+    agent = Agent("planner", tools=tools, name=name, settings=settings_for(upstream), store=store)
+    result = await agent.run("where is #3?")
+    assert result.final_answer == "done: #3: ok"
+    traces = list(store.iter_traces(workload=f"{name}/orchestrator"))
+    store.close()
+    assert [t.step for t in traces] == [1, 3] and {t.run_id for t in traces} == {result.run_id}
+    assert traces[1].response["choices"][0]["message"]["content"] == "done: #3: ok"
+
+
+def planner_script_without_skill(request: dict[str, Any]) -> Reply:
+    results = tool_messages(request)
+    if not results:
+        return Reply.tool_call("lookup_order", {"order_id": "#3"}, model="gpt-4o")
+    return Reply.text(f"done: {results[0]}", model="gpt-4o")
