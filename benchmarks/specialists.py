@@ -273,6 +273,8 @@ def main() -> None:
             res = pool.apply(measure_kind, (kind, args))
         if "skipped" in res:
             console.print(f"  skipped: {res['skipped']}")
+        else:
+            console.print(f"  {json.dumps(res)}")
         results.append(res)
     base = measure_upstream(min(args["singles"], 200))
 
