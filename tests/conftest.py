@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,6 +37,31 @@ def _loopback_only(self: socket.socket, address: object) -> object:
 
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+def pg_schema_url(base: str, schema: str) -> str:
+    """``base`` with every unqualified table in ``schema`` (so parallel runs never share tables)."""
+    import sqlalchemy as sa
+
+    u = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    return u.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A URL of the local PostgreSQL pointing at a fresh schema, dropped afterwards."""
+    import sqlalchemy as sa
+
+    schema = f"sf_test_{uuid.uuid4().hex[:10]}"
+    eng = sa.create_engine(pg_url)
+    with eng.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield pg_schema_url(pg_url, schema)
+    finally:
+        with eng.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        eng.dispose()
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "smallfleet.commands.gateway",
     "smallfleet.commands.keys",
     "smallfleet.commands.agents",
+    "smallfleet.commands.flywheel",
+    "smallfleet.commands.demo",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,834 @@
+"""``smallfleet flywheel run``: from recorded traffic to promoted specialists.
+
+The stages, each shown with a progress bar and each decision written to the store:
+
+1. curate (S2): keep clean, deduplicated calls, split by time (test = newest);
+2. cluster (S3): find the recurring task types and their share of calls, cost, latency;
+3. select (S4): per task type with enough examples, the catalog's candidates, cheapest first;
+4. train (S5): fit each candidate on the large model's answers (in-process, or Ray tasks);
+5. evaluate (S6): score on the test split with the metric that fits the output; pick the
+   confidence threshold on the validation split so the kept answers reach the target;
+6. promote: the cheapest candidate whose kept answers meet the target on the test split,
+   with coverage worth it, becomes the task type's route (versioned; ``shadow`` by default);
+7. iterate: a later run reuses what has not changed and replaces a route only with a
+   candidate at least as good on the same test set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from smallfleet.routing.routes import Route, RouteStore
+from smallfleet.specialists.base import Example, data_hash
+from smallfleet.store.fleet_tables import candidates as candidates_table
+from smallfleet.store.fleet_tables import clusters as clusters_table
+from smallfleet.store.fleet_tables import flywheel_runs
+from smallfleet.store.records import TraceRecord
+
+if TYPE_CHECKING:
+    from smallfleet.config import Settings
+    from smallfleet.store.trace_store import TraceStore
+
+__all__ = [
+    "CandidateResult",
+    "ClusterResult",
+    "FlywheelOptions",
+    "FlywheelRun",
+    "run_flywheel",
+    "train_candidate",
+]
+
+log = logging.getLogger("smallfleet.flywheel")
+
+
+@dataclass
+class FlywheelOptions:
+    workload: str | None = None
+    since: float | None = None
+    target_accuracy: float = 0.95
+    min_examples: int = 100
+    min_coverage: float = 0.2
+    promote_mode: str = "shadow"
+    executor: str = "local"
+    specialists_dir: str = "./smallfleet-specialists"
+    cpu_only: bool = True
+    gpu_memory_gb: float = 0.0
+    encoder: str | None = None
+    max_train: int = 2000
+    kinds: list[str] | None = None
+    retrain_growth: float = 0.2
+    usd_per_hour: float = 0.0
+    progress: bool = True
+    #: Extra constructor arguments per specialist kind, e.g. ``{"classifier": {"epochs": 2}}``.
+    specialist_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> FlywheelOptions:
+        fw = settings.flywheel
+        base = cls(
+            target_accuracy=fw.target_accuracy,
+            min_examples=fw.min_examples,
+            min_coverage=fw.min_coverage,
+            executor=fw.executor,
+            specialists_dir=fw.specialists_dir,
+            cpu_only=fw.cpu_only,
+            gpu_memory_gb=fw.gpu_memory_gb,
+            encoder=fw.encoder,
+            usd_per_hour=settings.pricing.local_usd_per_hour,
+        )
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(base, k, v)
+        return base
+
+
+@dataclass
+class CandidateResult:
+    kind: str
+    base_model: str | None
+    path: str | None = None
+    data_hash: str | None = None
+    train_seconds: float = 0.0
+    threshold: float | None = None
+    latency_p50_ms: float | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    promoted: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class ClusterResult:
+    key: str
+    name: str
+    size: int
+    shape: str
+    status: str
+    share_calls: float = 0.0
+    share_cost: float = 0.0
+    cost_usd: float = 0.0
+    tokens: int = 0
+    latency_p50_ms: float | None = None
+    n_train: int = 0
+    n_validation: int = 0
+    n_test: int = 0
+    profile: dict[str, Any] = field(default_factory=dict)
+    candidates: list[CandidateResult] = field(default_factory=list)
+    route: dict[str, Any] | None = None
+    large_cost_per_call: float | None = None
+
+
+@dataclass
+class FlywheelRun:
+    run_id: str
+    started_at: float
+    workload: str | None
+    params: dict[str, Any]
+    finished_at: float | None = None
+    traffic: dict[str, Any] = field(default_factory=dict)
+    curation: dict[str, Any] = field(default_factory=dict)
+    clusters: list[ClusterResult] = field(default_factory=list)
+    noise: dict[str, Any] = field(default_factory=dict)
+    projection: dict[str, Any] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def promoted(self) -> list[ClusterResult]:
+        return [c for c in self.clusters if c.status == "promoted"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _p50(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(statistics.median(vals)) if vals else None
+
+
+def to_example(rec: TraceRecord) -> Example | None:
+    """A training example from a trace (None when the trace cannot be one)."""
+    from pydantic import ValidationError
+
+    from smallfleet.types import ChatRequest, ChatResponse
+
+    if not rec.request or not rec.response:
+        return None
+    try:
+        return Example(
+            request=ChatRequest.model_validate(rec.request),
+            response=ChatResponse.model_validate(rec.response),
+            trace_id=rec.id,
+        )
+    except ValidationError:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+# ---------------------------------------------------------------- training (one candidate)
+
+
+def train_candidate(
+    kind: str,
+    base_model: str | None,
+    train: list[dict[str, Any]],
+    validation: list[dict[str, Any]],
+    out_dir: str,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit one candidate and save it; a top-level function so a Ray task can run it."""
+    from smallfleet.specialists.base import specialist_class
+
+    cls = specialist_class(kind)
+    args = (base_model,) if base_model else ()
+    spec = cls(*args, **(params or {}))  # type: ignore[call-arg]
+    t0 = time.perf_counter()
+    spec.fit([Example.from_dict(d) for d in train], [Example.from_dict(d) for d in validation])
+    seconds = time.perf_counter() - t0
+    spec.save(out_dir)
+    return {"path": out_dir, "train_seconds": seconds}
+
+
+def _run_training(jobs: list[dict[str, Any]], executor: str) -> list[dict[str, Any] | Exception]:
+    """Run training jobs in-process or as Ray tasks; an exception per failed job, not a crash."""
+    if executor == "ray":
+        from smallfleet._extras import require
+
+        ray = require("ray", "ray")
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        remote = ray.remote(train_candidate)
+        refs = [remote.remote(**job) for job in jobs]
+        out: list[dict[str, Any] | Exception] = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except Exception as e:
+                out.append(e)
+        return out
+    results: list[dict[str, Any] | Exception] = []
+    for job in jobs:
+        try:
+            results.append(train_candidate(**job))
+        except Exception as e:
+            log.exception("training %s failed", job.get("kind"))
+            results.append(e)
+    return results
+
+
+# ---------------------------------------------------------------- evaluating
+
+
+def _judge(spec: Any, examples: Sequence[Example], shape: str) -> tuple[list[float], list[bool], list[Any]]:
+    """Confidences and correctness of ``spec`` on ``examples`` (batched)."""
+    from smallfleet.evals.evaluate import score
+
+    if not examples:
+        return [], [], []
+    preds = spec.predict([ex.request for ex in examples])
+    conf = [float(p.confidence) for p in preds]
+    correct = [
+        bool(score(p.response, ex.response, ex.request, shape).correct)
+        for p, ex in zip(preds, examples, strict=True)
+    ]
+    return conf, correct, preds
+
+
+def _latency_p50_ms(spec: Any, examples: Sequence[Example], n: int = 20) -> float | None:
+    if not examples:
+        return None
+    times = []
+    for ex in list(examples)[:n]:
+        t0 = time.perf_counter()
+        spec.predict([ex.request])
+        times.append((time.perf_counter() - t0) * 1000)
+    return _p50(times)
+
+
+def _kept(conf: Sequence[float], correct: Sequence[bool], threshold: float) -> dict[str, Any]:
+    kept = [c for x, c in zip(conf, correct, strict=True) if x >= threshold]
+    n = len(conf)
+    return {
+        "n": n,
+        "accuracy": (sum(correct) / n) if n else None,
+        "kept": len(kept),
+        "coverage": (len(kept) / n) if n else 0.0,
+        "kept_accuracy": (sum(kept) / len(kept)) if kept else None,
+    }
+
+
+def _evaluate_candidate(
+    cand: CandidateResult, val: Sequence[Example], test: Sequence[Example], shape: str, opts: FlywheelOptions
+) -> Any:
+    """Fill in ``cand``'s threshold and scores; return the loaded specialist."""
+    from smallfleet.evals.coverage import coverage_curve, threshold_for
+    from smallfleet.specialists.base import load_specialist
+
+    assert cand.path is not None
+    spec = load_specialist(cand.path)
+    v_conf, v_ok, _ = _judge(spec, val, shape)
+    min_kept = max(3, int(0.05 * len(val)))
+    thr = threshold_for(v_conf, v_ok, opts.target_accuracy, min_kept=min_kept) if val else None
+    cand.validation = {"n": len(val), "accuracy": (sum(v_ok) / len(v_ok)) if v_ok else None}
+    t_conf, t_ok, _ = _judge(spec, test, shape)
+    cand.curve = [
+        {"threshold": p.threshold, "coverage": p.coverage, "accuracy": p.accuracy}
+        for p in coverage_curve(t_conf, t_ok)
+    ]
+    cand.latency_p50_ms = _latency_p50_ms(spec, test)
+    if thr is None:
+        cand.test = _kept(t_conf, t_ok, float("inf"))
+        cand.reason = f"no threshold reaches {opts.target_accuracy:.0%} on validation"
+        return spec
+    cand.threshold = thr
+    cand.validation.update(_kept(v_conf, v_ok, thr))
+    cand.test = _kept(t_conf, t_ok, thr)
+    kept_acc, cov = cand.test["kept_accuracy"], cand.test["coverage"]
+    if kept_acc is None or kept_acc < opts.target_accuracy:
+        cand.reason = f"kept accuracy {0 if kept_acc is None else kept_acc:.1%} on test < target"
+    elif cov < opts.min_coverage:
+        cand.reason = f"coverage {cov:.0%} < minimum {opts.min_coverage:.0%}"
+    return spec
+
+
+def _old_route_on(route: Route, test: Sequence[Example], shape: str) -> dict[str, Any] | None:
+    """The serving route's figures on the new test set (None if it cannot be loaded)."""
+    from smallfleet.specialists.base import load_specialist
+
+    try:
+        spec = load_specialist(route.specialist_path)
+    except Exception:
+        return None
+    conf, ok, _ = _judge(spec, test, shape)
+    return _kept(conf, ok, route.threshold)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Flywheel:
+    """One run of the flywheel over a store's traces."""
+
+    def __init__(self, store: TraceStore, options: FlywheelOptions) -> None:
+        self.store = store
+        self.opts = options
+        self.routes = RouteStore(store.engine)
+        self._results: list[ClusterResult] = []
+        self._matchers: dict[int, dict[str, Any]] = {}
+
+    def run(self) -> FlywheelRun:
+        opts = self.opts
+        run = FlywheelRun(
+            run_id=uuid.uuid4().hex[:12],
+            started_at=time.time(),
+            workload=opts.workload,
+            params={k: v for k, v in asdict(opts).items() if k != "progress"},
+        )
+        self._record_run(run, status="running")
+        with _progress(opts.progress) as progress:
+            records = self._load(progress)
+            run.traffic = self._traffic(records)
+            curated = self._curate(records, progress)
+            run.curation = {
+                "total": len(records),
+                "kept": len(curated.train) + len(curated.validation) + len(curated.test),
+                "dropped": dict(curated.dropped),
+                "splits": {
+                    "train": len(curated.train),
+                    "validation": len(curated.validation),
+                    "test": len(curated.test),
+                },
+            }
+            kept = [*curated.train, *curated.validation, *curated.test]
+            split_of = {r.id: "train" for r in curated.train}
+            split_of.update({r.id: "validation" for r in curated.validation})
+            split_of.update({r.id: "test" for r in curated.test})
+            clustering = self._cluster(kept, progress)
+            self._per_cluster(run, kept, split_of, clustering, progress)
+        run.projection = self._projection(run)
+        run.finished_at = time.time()
+        self._record_run(run, status="done")
+        return run
+
+    # -- stages
+
+    def _load(self, progress: Any) -> list[TraceRecord]:
+        total = self.store.count_traces(workload=self.opts.workload, since=self.opts.since)
+        task = progress.add_task("load traces", total=total)
+        out = []
+        for rec in self.store.iter_traces(workload=self.opts.workload, since=self.opts.since):
+            if rec.route.startswith("specialist:"):
+                continue  # answers of our own specialists are not teacher labels
+            out.append(rec)
+            progress.advance(task)
+        progress.update(task, completed=total)
+        return out
+
+    @staticmethod
+    def _traffic(records: Sequence[TraceRecord]) -> dict[str, Any]:
+        if not records:
+            return {"calls": 0, "cost_usd": 0.0, "days": 0.0}
+        first = min(r.created_at for r in records)
+        last = max(r.created_at for r in records)
+        return {
+            "calls": len(records),
+            "cost_usd": sum(r.cost_usd or 0.0 for r in records),
+            "input_tokens": sum(r.input_tokens for r in records),
+            "output_tokens": sum(r.output_tokens for r in records),
+            "latency_p50_ms": _p50([r.latency_ms for r in records]),
+            "first": first,
+            "last": last,
+            "days": max((last - first) / 86400.0, 1 / 24),
+        }
+
+    def _curate(self, records: list[TraceRecord], progress: Any) -> Any:
+        from smallfleet.flywheel.curate import curate
+
+        task = progress.add_task("curate", total=1)
+        feedback = self._feedback_scores()
+        curated = curate(records, feedback=feedback, encoder=self.opts.encoder)
+        progress.update(task, completed=1)
+        return curated
+
+    def _feedback_scores(self) -> dict[str, float]:
+        from smallfleet.store.tables import feedback
+
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(feedback.c.trace_id, sa.func.min(feedback.c.score)).group_by(feedback.c.trace_id)
+            )
+            return {r[0]: float(r[1]) for r in rows}
+
+    def _cluster(self, kept: list[TraceRecord], progress: Any) -> Any:
+        from smallfleet.flywheel.cluster import cluster_records
+
+        task = progress.add_task("cluster", total=1)
+        clustering = cluster_records(kept, encoder=self.opts.encoder)
+        progress.update(task, completed=1)
+        return clustering
+
+    def _per_cluster(
+        self,
+        run: FlywheelRun,
+        kept: list[TraceRecord],
+        split_of: dict[str, str],
+        clustering: Any,
+        progress: Any,
+    ) -> None:
+        from smallfleet.routing.matcher import build_matchers
+        from smallfleet.specialists.catalog import Budget, profile_task, select
+
+        total_calls = max(len(kept), 1)
+        total_cost = sum(r.cost_usd or 0.0 for r in kept) or 1.0
+        by_cluster: dict[int, list[TraceRecord]] = {}
+        for rec, label in zip(kept, clustering.labels, strict=True):
+            by_cluster.setdefault(int(label), []).append(rec)
+        noise = by_cluster.pop(-1, [])
+        run.noise = {
+            "calls": len(noise),
+            "share_calls": len(noise) / total_calls,
+            "cost_usd": sum(r.cost_usd or 0.0 for r in noise),
+            "latency_p50_ms": _p50([r.latency_ms for r in noise]),
+        }
+        active = {r.name: r for r in self.routes.active()}
+        self._results = run.clusters
+        self._matchers = build_matchers([r.request or {} for r in kept], clustering)
+        task = progress.add_task("select, train, evaluate", total=len(by_cluster))
+        budget = Budget(cpu_only=self.opts.cpu_only, gpu_memory_gb=self.opts.gpu_memory_gb)
+        for label, recs in sorted(by_cluster.items(), key=lambda kv: -len(kv[1])):
+            info = clustering.clusters[label]
+            examples = {s: [] for s in ("train", "validation", "test")}  # type: dict[str, list[Example]]
+            for rec in recs:
+                ex = to_example(rec)
+                if ex is not None:
+                    examples[split_of[rec.id]].append(ex)
+            train = examples["train"][-self.opts.max_train :]
+            profile = profile_task([*train, *examples["validation"]]) if train else None
+            shape = getattr(profile, "shape", "text") if profile else "text"
+            cost = sum(r.cost_usd or 0.0 for r in recs)
+            key = self._route_name(info, recs, active)
+            cres = ClusterResult(
+                key=key,
+                name=info.name,
+                size=len(recs),
+                shape=shape,
+                status="too_small",
+                share_calls=len(recs) / total_calls,
+                share_cost=cost / total_cost,
+                cost_usd=cost,
+                tokens=sum(r.input_tokens + r.output_tokens for r in recs),
+                latency_p50_ms=_p50([r.latency_ms for r in recs]),
+                n_train=len(train),
+                n_validation=len(examples["validation"]),
+                n_test=len(examples["test"]),
+                profile=_jsonable(profile),
+                large_cost_per_call=cost / len(recs) if recs else None,
+            )
+            run.clusters.append(cres)
+            if len(recs) >= self.opts.min_examples and train and examples["validation"] and examples["test"]:
+                candidates = select(profile, budget)
+                if self.opts.kinds:
+                    candidates = [c for c in candidates if c.kind in self.opts.kinds]
+                self._train_and_promote(
+                    run, cres, info, clustering, train, examples, candidates, active.get(key)
+                )
+            progress.advance(task)
+
+    def _route_name(self, info: Any, recs: list[TraceRecord], active: dict[str, Route]) -> str:
+        """A stable name: the active route whose matcher claims most of this cluster, else a new slug."""
+        from smallfleet.routing.matcher import RouteMatcher
+
+        sample = [r.request for r in recs[:50] if r.request]
+        for name, route in active.items():
+            if not route.matcher or not sample:
+                continue
+            matcher = RouteMatcher([(name, route.matcher)], encoder=self.opts.encoder)
+            hits = sum(1 for r in sample if matcher.match_dict(r) is not None)
+            if hits / len(sample) >= 0.6:
+                return name
+        taken = {c.key for c in self._results}
+        base = _slug(info.name)
+        name, i = base, 2
+        while name in taken or (name in active and active[name].matcher):
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    def _train_and_promote(
+        self,
+        run: FlywheelRun,
+        cres: ClusterResult,
+        info: Any,
+        clustering: Any,
+        train: list[Example],
+        examples: dict[str, list[Example]],
+        candidates: list[Any],
+        serving: Route | None,
+    ) -> None:
+        opts = self.opts
+        if not candidates:
+            cres.status = "no_candidate"
+            return
+        dhash = data_hash(train)
+        if serving is not None:
+            grown = len(train) >= (serving.metrics or {}).get("n_train", 0) * (1 + opts.retrain_growth)
+            agreement = (serving.metrics or {}).get("shadow_agreement")
+            drifted = agreement is not None and agreement < opts.target_accuracy
+            if serving.data_hash == dhash or not (grown or drifted):
+                cres.status = "promoted"
+                cres.route = {
+                    "name": serving.name,
+                    "version": serving.version,
+                    "mode": serving.mode,
+                    "kind": serving.kind,
+                    "threshold": serving.threshold,
+                    "unchanged": True,
+                }
+                cres.candidates.append(
+                    CandidateResult(
+                        kind=serving.kind,
+                        base_model=serving.base_model,
+                        path=serving.specialist_path,
+                        data_hash=serving.data_hash,
+                        threshold=serving.threshold,
+                        promoted=True,
+                        test={
+                            k: (serving.metrics or {}).get(k)
+                            for k in ("accuracy", "kept_accuracy", "coverage", "n")
+                        },
+                        curve=(serving.metrics or {}).get("curve", []),
+                        reason="unchanged: serving route kept",
+                        latency_p50_ms=(serving.metrics or {}).get("latency_p50_ms"),
+                    )
+                )
+                return
+        root = Path(opts.specialists_dir) / cres.key
+        jobs, results = [], []
+        train_d = [ex.to_dict() for ex in train]
+        val_d = [ex.to_dict() for ex in examples["validation"]]
+        for cand in candidates:
+            out = root / f"{cand.kind}-{dhash}"
+            base = _base_model(cand, opts.encoder)
+            jobs.append(
+                {
+                    "kind": cand.kind,
+                    "base_model": base,
+                    "train": train_d,
+                    "validation": val_d,
+                    "out_dir": str(out),
+                    "params": {"progress": False, **opts.specialist_params.get(cand.kind, {})},
+                }
+            )
+            results.append(CandidateResult(kind=cand.kind, base_model=base, data_hash=dhash))
+        # Cheapest first: train one at a time locally and stop at the first promotable;
+        # with Ray, train all at once and pick the cheapest that passes.
+        batches = [jobs] if opts.executor == "ray" else [[j] for j in jobs]
+        idx = 0
+        chosen: CandidateResult | None = None
+        for batch in batches:
+            outcomes = _run_training(batch, opts.executor)
+            for outcome in outcomes:
+                cand = results[idx]
+                idx += 1
+                cres.candidates.append(cand)
+                if isinstance(outcome, Exception):
+                    cand.reason = f"training failed: {outcome}"
+                    continue
+                cand.path, cand.train_seconds = outcome["path"], outcome["train_seconds"]
+                try:
+                    _evaluate_candidate(cand, examples["validation"], examples["test"], cres.shape, opts)
+                except Exception as e:
+                    log.exception("evaluating %s failed", cand.kind)
+                    cand.reason = f"evaluation failed: {e}"
+                    continue
+                if cand.reason is None and chosen is None:
+                    chosen = cand
+            if chosen is not None:
+                break
+        if chosen is None:
+            cres.status = "not_promoted"
+            return
+        if serving is not None:
+            old = _old_route_on(serving, examples["test"], cres.shape)
+            if (
+                old is not None
+                and old.get("kept_accuracy") is not None
+                and old["kept_accuracy"] >= opts.target_accuracy
+            ):
+                new_cov = chosen.test.get("coverage") or 0.0
+                if new_cov < old["coverage"]:
+                    chosen.reason = f"serving v{serving.version} is better on the same test set"
+                    cres.status = "promoted"
+                    cres.route = {
+                        "name": serving.name,
+                        "version": serving.version,
+                        "mode": serving.mode,
+                        "kind": serving.kind,
+                        "threshold": serving.threshold,
+                        "unchanged": True,
+                    }
+                    return
+        chosen.promoted = True
+        cres.status = "promoted"
+        matcher = self._matchers.get(info.label)
+        labels = (cres.profile or {}).get("labels")
+        route = Route(
+            name=cres.key,
+            kind=chosen.kind,
+            specialist_path=str(chosen.path),
+            threshold=float(chosen.threshold or 0.0),
+            mode=opts.promote_mode,
+            workload=opts.workload,
+            base_model=chosen.base_model,
+            labels=labels if cres.shape == "label" else None,
+            matcher=matcher,
+            run_id=run.run_id,
+            data_hash=chosen.data_hash,
+            metrics={
+                **{k: chosen.test.get(k) for k in ("accuracy", "kept_accuracy", "coverage", "n")},
+                "n_train": len(train),
+                "curve": chosen.curve,
+                "latency_p50_ms": chosen.latency_p50_ms,
+                "large_latency_p50_ms": cres.latency_p50_ms,
+                "large_cost_per_call": cres.large_cost_per_call,
+                "cluster": cres.name,
+            },
+        )
+        self.routes.promote(route, actor="flywheel")
+        run.changes.append(f"promoted {route.name} v{route.version} ({route.kind}, {route.mode})")
+        cres.route = {
+            "name": route.name,
+            "version": route.version,
+            "mode": route.mode,
+            "kind": route.kind,
+            "threshold": route.threshold,
+        }
+
+    # -- results
+
+    def _projection(self, run: FlywheelRun) -> dict[str, Any]:
+        traffic = run.traffic
+        calls = traffic.get("calls") or 0
+        if not calls:
+            return {}
+        per_month = 30.0 / max(traffic.get("days") or 1.0, 1e-9)
+        cost_before = (traffic.get("cost_usd") or 0.0) * per_month
+        share_small = 0.0
+        saved = 0.0
+        small_latencies: list[tuple[float, float]] = []  # (share, latency)
+        for c in run.promoted:
+            cand = next((x for x in c.candidates if x.promoted), None)
+            if cand is None:
+                continue
+            cov = (cand.test or {}).get("coverage") or 0.0
+            share = (c.size / calls) * cov
+            share_small += share
+            small_cost = (cand.latency_p50_ms or 0.0) / 3_600_000 * self.opts.usd_per_hour
+            saved += c.size * cov * max((c.large_cost_per_call or 0.0) - small_cost, 0.0) * per_month
+            small_latencies.append((share, cand.latency_p50_ms or 0.0))
+        before = traffic.get("latency_p50_ms")
+        # Median after: the median of the mixed distribution, approximated by weighting each
+        # small share at its p50 and the rest at the large model's p50.
+        after = before
+        if before is not None and share_small >= 0.5:
+            after = max(lat for _, lat in small_latencies) if small_latencies else before
+        return {
+            "share_small": share_small,
+            "monthly_calls": calls * per_month,
+            "monthly_cost_before": cost_before,
+            "monthly_cost_after": max(cost_before - saved, 0.0),
+            "monthly_saved_usd": saved,
+            "latency_p50_before_ms": before,
+            "latency_p50_after_ms": after,
+        }
+
+    def _record_run(self, run: FlywheelRun, status: str) -> None:
+        summary = run.to_dict()
+        with self.store.engine.begin() as conn:
+            if status == "running":
+                conn.execute(
+                    sa.insert(flywheel_runs).values(
+                        id=run.run_id,
+                        started_at=run.started_at,
+                        workload=run.workload,
+                        status=status,
+                        params=_jsonable(run.params),
+                        summary=None,
+                    )
+                )
+                return
+            conn.execute(
+                sa.update(flywheel_runs)
+                .where(flywheel_runs.c.id == run.run_id)
+                .values(finished_at=run.finished_at, status=status, summary=_jsonable(summary))
+            )
+            for i, c in enumerate(run.clusters):
+                cid = f"{run.run_id}-{i}"
+                conn.execute(
+                    sa.insert(clusters_table).values(
+                        id=cid,
+                        run_id=run.run_id,
+                        key=c.key,
+                        name=c.name,
+                        workload=run.workload,
+                        size=c.size,
+                        shape=c.shape,
+                        status=c.status,
+                        stats=_jsonable(
+                            {
+                                k: getattr(c, k)
+                                for k in (
+                                    "share_calls",
+                                    "share_cost",
+                                    "cost_usd",
+                                    "tokens",
+                                    "latency_p50_ms",
+                                    "n_train",
+                                    "n_validation",
+                                    "n_test",
+                                )
+                            }
+                        ),
+                        profile=_jsonable(c.profile),
+                    )
+                )
+                for j, cand in enumerate(c.candidates):
+                    conn.execute(
+                        sa.insert(candidates_table).values(
+                            id=f"{cid}-{j}",
+                            run_id=run.run_id,
+                            cluster_id=cid,
+                            kind=cand.kind,
+                            base_model=cand.base_model,
+                            path=cand.path,
+                            data_hash=cand.data_hash,
+                            threshold=cand.threshold,
+                            promoted=cand.promoted,
+                            metrics=_jsonable(
+                                {
+                                    "test": cand.test,
+                                    "validation": cand.validation,
+                                    "train_seconds": cand.train_seconds,
+                                    "reason": cand.reason,
+                                    "latency_p50_ms": cand.latency_p50_ms,
+                                }
+                            ),
+                        )
+                    )
+
+
+def _base_model(candidate: Any, encoder: str | None) -> str | None:
+    """The base model to train on (None: the specialist's default, the bundled encoder)."""
+    from smallfleet.encoders import DEFAULT_ENCODER_ID
+
+    hf_id = candidate.base.hf_id
+    if candidate.kind != "generator" and hf_id == DEFAULT_ENCODER_ID:
+        return encoder
+    return hf_id
+
+
+def _jsonable(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    elif hasattr(obj, "__dataclass_fields__"):
+        obj = asdict(obj)
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _slug(name: str) -> str:
+    import re
+
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s[:60] or "task"
+
+
+def run_flywheel(store: TraceStore, options: FlywheelOptions) -> FlywheelRun:
+    """Run the flywheel once over ``store``'s traces; returns what it found and decided."""
+    return Flywheel(store, options).run()
+
+
+def latest_summary(store: TraceStore) -> dict[str, Any] | None:
+    """The summary of the newest finished flywheel run, or None."""
+    q = (
+        sa.select(flywheel_runs.c.summary)
+        .where(flywheel_runs.c.status == "done")
+        .order_by(flywheel_runs.c.finished_at.desc())
+        .limit(1)
+    )
+    with store.engine.connect() as conn:
+        row = conn.execute(q).first()
+    return None if row is None else row[0]
