@@ -153,6 +153,9 @@ class RoutingConfig(_Section):
     guard_fraction: float = Field(0.05, ge=0, le=1)
     guard_window: int = Field(200, ge=1)
     shadow_concurrency: int = Field(4, ge=1)
+    guard_min_checks: int = Field(20, ge=1, description="Checks needed before the guard may demote a route.")
+    reload_seconds: float = Field(5.0, gt=0, description="How often routes are re-read from the store.")
+    seed: int | None = Field(None, description="Seed of the canary and guard draws (tests, benchmarks).")
 
 
 class FlywheelConfig(_Section):

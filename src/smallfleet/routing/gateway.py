@@ -10,11 +10,15 @@ gateway's routing seam (``route(request, workload)``) and its after-response hoo
   specialist answers the same request and its agreement is recorded;
 - the guard: a fraction (``routing.guard_fraction``) of small-served requests is also
   sent to the large model in the background; when a route's agreement over the last
-  ``routing.guard_window`` checks falls below its target, the route is set back to
-  ``shadow`` (recorded as a ``guard-demote`` event, shown by ``smallfleet routes``).
+  ``routing.guard_window`` checks (at least ``routing.guard_min_checks`` of them) falls
+  below its target, the route is set back to ``shadow`` (recorded as a ``guard-demote``
+  event, shown by ``smallfleet routes``).
 
-Routes are re-read from the store every few seconds, so ``smallfleet routes set-mode``
-takes effect in running gateways without a restart.
+Background work (shadow answers, guard checks) runs at most ``routing.shadow_concurrency``
+at a time; beyond a backlog of ``max_background`` it is skipped, never queued without bound.
+
+Routes are re-read from the store every ``routing.reload_seconds``, so ``smallfleet routes
+set-mode`` takes effect in running gateways without a restart.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ class GatewayRouter:
         guard_min_checks: int = 20,
         target_accuracy: float = 0.95,
         reload_seconds: float = 5.0,
-        max_background: int = 16,
+        max_background: int = 64,
+        concurrency: int = 4,
         seed: int | None = None,
     ) -> None:
         self.router = router
@@ -82,12 +87,14 @@ class GatewayRouter:
         self.registry = registry
         self.guard_fraction = guard_fraction
         self.guard_window = guard_window
-        self.guard_min_checks = guard_min_checks
+        self.guard_min_checks = min(guard_min_checks, guard_window)
         self.target_accuracy = target_accuracy
         self.reload_seconds = reload_seconds
         self.max_background = max_background
         self._rng = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None  # made on first use, in the serving loop
+        self.concurrency = concurrency
         self._last_reload = time.monotonic()
         self._signature = self._route_signature(router.routes)
 
@@ -125,11 +132,18 @@ class GatewayRouter:
 
     def _background(self, coro: Any) -> None:
         if len(self._tasks) >= self.max_background:
+            log.info("router backlog full (%d): a background comparison is skipped", len(self._tasks))
             coro.close()
             return
-        task = asyncio.ensure_future(coro)
+        task = asyncio.ensure_future(self._limited(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _limited(self, coro: Any) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        async with self._slots:
+            await coro
 
     async def _shadow(
         self, request: ChatRequest, route: Route, response: dict[str, Any], trace_id: str
@@ -168,11 +182,21 @@ class GatewayRouter:
             target = float((route.metrics or {}).get("target_accuracy") or self.target_accuracy)
             if rate is not None and n >= self.guard_min_checks and rate < target:
                 reason = f"guard agreement {rate:.1%} over the last {n} checks < target {target:.0%}"
-                log.warning("route %s v%s set back to shadow: %s", route.name, route.version, reason)
-                await asyncio.to_thread(self.routes.set_mode, route.name, "shadow", "guard", reason)
+                if await asyncio.to_thread(self._demote, route, reason):
+                    log.warning("route %s v%s set back to shadow: %s", route.name, route.version, reason)
                 await self._reload()
         except Exception as e:
             log.warning("guard check for route %s failed: %s", route.name, e)
+
+    def _demote(self, route: Route, reason: str) -> bool:
+        """Set ``route`` back to shadow unless someone changed it since (other checks, the CLI)."""
+        from smallfleet.routing.routes import parse_mode
+
+        current = self.routes.get(route.name)
+        if current.version != route.version or parse_mode(current.mode)[0] not in ("on", "canary"):
+            return False
+        self.routes.set_mode(route.name, "shadow", actor="guard", reason=reason)
+        return True
 
     # ------------------------------------------------------------ reloading
 
@@ -187,7 +211,7 @@ class GatewayRouter:
     async def _reload(self) -> None:
         self._last_reload = time.monotonic()
         try:
-            active = await asyncio.to_thread(self.routes.active, serving_only=True)
+            active = await asyncio.to_thread(self.routes.active)
         except Exception as e:
             log.warning("could not re-read routes: %s", e)
             return
@@ -207,7 +231,7 @@ def build_gateway_router(settings: Settings, registry: ModelRegistry, engine: An
     cfg = settings.routing
     store = RouteStore(engine)
     router = Router.from_store(
-        store, workloads=cfg.workloads, aliases=cfg.aliases, encoder=settings.flywheel.encoder
+        store, workloads=cfg.workloads, aliases=cfg.aliases, encoder=settings.flywheel.encoder, seed=cfg.seed
     )
     return GatewayRouter(
         router,
@@ -215,5 +239,9 @@ def build_gateway_router(settings: Settings, registry: ModelRegistry, engine: An
         registry,
         guard_fraction=cfg.guard_fraction,
         guard_window=cfg.guard_window,
+        guard_min_checks=cfg.guard_min_checks,
         target_accuracy=settings.flywheel.target_accuracy,
+        reload_seconds=cfg.reload_seconds,
+        concurrency=cfg.shadow_concurrency,
+        seed=None if cfg.seed is None else cfg.seed + 1,
     )

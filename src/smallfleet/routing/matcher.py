@@ -89,15 +89,17 @@ class RouteMatcher:
     """Which serving route, if any, a request belongs to."""
 
     def __init__(self, entries: Sequence[tuple[str, dict[str, Any]]], encoder: str | None = None) -> None:
-        from smallfleet.flywheel.cluster import ClusterMatcher
-
         self.names = [name for name, _ in entries]
         self._owner: dict[str, str] = {}
         for name, spec in entries:
             for k in spec.get("keys") or []:
                 self._owner.setdefault(k, name)
         clusters = [(name, spec["cluster"]) for name, spec in entries if spec.get("cluster")]
-        self._clusters = ClusterMatcher.combine(clusters) if clusters else None
+        self._clusters: Any = None
+        if clusters:  # the embedding side loads only when a route needs it
+            from smallfleet.flywheel.cluster import ClusterMatcher
+
+            self._clusters = ClusterMatcher.combine(clusters)
 
     def match_dict(self, request: dict[str, Any]) -> str | None:
         """The route name for a request given as a JSON dict, or None."""

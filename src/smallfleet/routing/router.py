@@ -4,7 +4,7 @@ For each routable request:
 
 1. recognise its task type with the promoted routes' matchers (the representation the
    flywheel clustered on); no match → the large model (``no_match``);
-2. by the route's mode: ``off`` → large; ``shadow`` → large, and the specialist answers
+2. by the route's mode: ``off`` → large (``mode_off``); ``shadow`` → large, and the specialist answers
    off the hot path so agreement can be recorded; ``canary:P`` → a fraction P goes on;
    ``on`` → on;
 3. ask the specialist; serve its answer only if its confidence reaches the route's
@@ -90,13 +90,13 @@ class Router:
         self._rng = random.Random(seed)
         self._specialists: dict[str, Specialist] = {}
         self._lock = threading.Lock()
-        self._routes: list[Route] = []
-        self._matcher: Any = None
+        # (route by name, matcher), swapped as one so a reload never splits them
+        self._state: tuple[dict[str, Route], Any] = ({}, None)
         self.set_routes(routes)
 
     @classmethod
     def from_store(cls, store: RouteStore, **kw: Any) -> Router:
-        router = cls(store.active(serving_only=True), **kw)
+        router = cls(store.active(), **kw)
         router._store = store  # type: ignore[attr-defined]
         return router
 
@@ -104,22 +104,19 @@ class Router:
         """Re-read the active routes from the store this router was built from."""
         store: RouteStore | None = getattr(self, "_store", None)
         if store is not None:
-            self.set_routes(store.active(serving_only=True))
+            self.set_routes(store.active())
 
     def set_routes(self, routes: Sequence[Route]) -> None:
+        """Serve these routes from now on (routes in mode ``off`` are matched, to say so, never asked)."""
         from smallfleet.routing.matcher import RouteMatcher
 
-        serving = [r for r in routes if r.active and parse_mode(r.mode)[0] != "off" and r.matcher]
-        matcher = (
-            RouteMatcher([(r.name, r.matcher) for r in serving], encoder=self.encoder) if serving else None
-        )
-        with self._lock:
-            self._routes = serving
-            self._matcher = matcher
+        known = [r for r in routes if r.active and r.matcher]
+        matcher = RouteMatcher([(r.name, r.matcher) for r in known], encoder=self.encoder) if known else None
+        self._state = ({r.name: r for r in known}, matcher)
 
     @property
     def routes(self) -> list[Route]:
-        return list(self._routes)
+        return list(self._state[0].values())
 
     # ------------------------------------------------------------ deciding
 
@@ -129,13 +126,11 @@ class Router:
         )
 
     def match(self, request: ChatRequest) -> Route | None:
-        matcher = self._matcher
+        routes, matcher = self._state
         if matcher is None:
             return None
         name = matcher.match(request)
-        if name is None:
-            return None
-        return next((r for r in self._routes if r.name == name), None)
+        return None if name is None else routes.get(name)
 
     def specialist(self, route: Route) -> Specialist:
         spec = self._specialists.get(route.specialist_path)
@@ -164,6 +159,8 @@ class Router:
         if route is None:
             return Decision(route=None, action="large", reason="no_match", match_ms=(t1 - t0) * 1000)
         mode, share = parse_mode(route.mode)
+        if mode == "off":
+            return Decision(route=route, action="large", reason="mode_off", match_ms=(t1 - t0) * 1000)
         if mode == "shadow":
             return Decision(route=route, action="shadow", match_ms=(t1 - t0) * 1000)
         if mode == "canary" and self._rng.random() >= share:
