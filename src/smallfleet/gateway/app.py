@@ -5,6 +5,7 @@ overhead is what the benchmark measures)::
 
     POST /v1/chat/completions   forwarded to the alias's model, with its fallback chain
     GET  /v1/models             the configured aliases, in the OpenAI list shape
+    POST /v1/feedback           {trace_id, score, comment}: a user's verdict on an answer
     GET  /healthz               liveness, with the trace queue depth
     GET  /metrics               Prometheus text (an admin key when keys are configured)
     GET  /ui ...                the web dashboard (smallfleet.dashboard; its own key and CSRF checks)
@@ -213,6 +214,11 @@ class Gateway:
                     await self._plain_error(send, 405, "Use POST for /v1/chat/completions.")
                     return
                 await self._chat(scope, receive, send)
+            elif path in ("/v1/feedback", "/feedback"):
+                if method != "POST":
+                    await self._plain_error(send, 405, "Use POST for /v1/feedback.")
+                    return
+                await self._feedback(scope, receive, send)
             elif path in ("/v1/models", "/models") and method == "GET":
                 await self._models(scope, send)
             elif path == "/healthz":
@@ -283,6 +289,39 @@ class Gateway:
             for alias in self.registry.aliases()
         ]
         await _send(send, 200, _dumps({"object": "list", "data": data}), _JSON)
+
+    async def _feedback(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /v1/feedback {trace_id, score, comment?}``: a user's verdict on an answer (for curation).
+
+        The recorder writes traces in the background, so an id the store does not hold yet is
+        looked up again after this gateway's recorder has flushed; still unknown → 404.
+        """
+        try:
+            self._admin_check(scope, admin=False)
+            if self.store is None:
+                await self._plain_error(send, 404, "Feedback needs a trace store.", code="not_found")
+                return
+            try:
+                body = await self._read_body(receive, _header_bytes(scope, b"content-length"))
+            except _ClientGone:
+                return
+            trace_id, score, comment = _parse_feedback(body)
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, self.store.get_trace, trace_id) is None:
+                await loop.run_in_executor(None, self.recorder.flush, 5.0)
+                if await loop.run_in_executor(None, self.store.get_trace, trace_id) is None:
+                    message = (
+                        f"No trace {trace_id!r}. Use the x-smallfleet-trace-id header of a response; "
+                        "a trace answered by another gateway may take a moment to be stored."
+                    )
+                    await self._plain_error(send, 404, message, code="trace_not_found")
+                    return
+            await loop.run_in_executor(None, self.store.add_feedback, trace_id, score, comment)
+        except SmallfleetError as e:
+            await _send(send, e.status_code, _error_body(e), _JSON)
+            return
+        out = {"object": "feedback", "trace_id": trace_id, "score": score, "comment": comment}
+        await _send(send, 200, _dumps(out), _JSON)
 
     async def _metrics(self, scope: dict[str, Any], send: Any) -> None:
         try:
@@ -434,8 +473,8 @@ class Gateway:
         for i, alias in enumerate(chain):
             if i:
                 route = f"fallback:{alias}"
-            elif escalation:
-                route = f"escalated:{escalation}"
+            elif escalation:  # the reason's code only ("invalid_output: <detail>" → invalid_output)
+                route = f"escalated:{escalation.split(':')[0]}"
             else:
                 route = "direct"
             out.append((None, alias, route))
@@ -657,6 +696,39 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def _header_bytes(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+def _parse_feedback(body: bytes) -> tuple[str, float, str | None]:
+    """(trace_id, score, comment) from a feedback body, or RequestInvalid naming the field."""
+    import math
+
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestInvalid("The body must be a JSON object {trace_id, score, comment}.")
+    unknown = sorted(set(data) - {"trace_id", "score", "comment"})
+    if unknown:
+        message = f"Unknown field {unknown[0]!r}; feedback takes trace_id, score, comment."
+        raise RequestInvalid(message, unknown[0])
+    trace_id = data.get("trace_id")
+    if not isinstance(trace_id, str) or not trace_id.strip() or len(trace_id) > 64:
+        raise RequestInvalid("'trace_id' must be the x-smallfleet-trace-id of a response.", "trace_id")
+    score = data.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise RequestInvalid("'score' must be a finite number (negative: a bad answer).", "score")
+    comment = data.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
+        raise RequestInvalid("'comment' must be a string of at most 10000 characters.", "comment")
+    return trace_id.strip(), float(score), comment
 
 
 async def _send(
