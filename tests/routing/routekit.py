@@ -75,15 +75,19 @@ class RoutedGateway:
     store: TraceStore
     routes: RouteStore
     db_url: str
+    _client: Any = None
 
     @property
     def url(self) -> str:
         return self.server.url
 
-    def client(self, **kw: Any) -> Any:
-        from openai import OpenAI
+    def client(self) -> Any:
+        """One ``openai`` client per gateway (its connections are reused)."""
+        if self._client is None:
+            from openai import OpenAI
 
-        return OpenAI(base_url=self.url, api_key="x", max_retries=0, timeout=30, **kw)
+            self._client = OpenAI(base_url=self.url, api_key="x", max_retries=0, timeout=30)
+        return self._client
 
     def trace(self, trace_id: str) -> TraceRecord:
         """One trace, after the recorder has written what it holds."""
@@ -96,6 +100,8 @@ class RoutedGateway:
         return rec
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
         self.server.stop()
         self.store.close()
 
