@@ -1,0 +1,436 @@
+"""The ``tool_caller`` specialist: which of the request's tools to call, and with what.
+
+Built on :mod:`smallfleet.specialists._spans` (one encoder, a span head and a
+choice head), every decision is conditioned on a *description*, never on a
+memorised name, so it calls tools it never saw in training:
+
+1. **function**: a softmax over the request's tools plus a learned "no tool"
+   score. Each tool's score is a learned weighting of the cosine similarities,
+   under the frozen pretrained sentence encoder, between the user text and the
+   tool's description, name and parameter descriptions (cached per tool), so it
+   carries over to new tools. When the training data had calls to several
+   functions at once, tools scoring at least ``parallel_ratio`` of the best (and
+   above "no tool") are called together.
+2. **arguments**, per parameter, from the pair
+   ``"<tool> - <param> (<type>): <description>" [SEP] <user text>``:
+   strings are spans of the user text (casing kept); integers, numbers and dates
+   are spans read by type (``"1,200"`` → 1200, ``"March 5th, 2024"`` → ``"2024-03-05"``);
+   enums and booleans are choices among their values; arrays are several spans.
+   An optional parameter the text does not mention is left out (or given its
+   schema ``default`` with ``fill_defaults``); a required one is always filled.
+3. **parallel calls of one function** (when the training data had them): when a
+   parameter finds several confident, separate spans ("weather in Paris and
+   London"), one call per span; other parameters are shared.
+
+The confidence is the weakest decision's probability. The output is exactly the
+OpenAI ``tool_calls`` shape and is checked against each tool's JSON schema
+(confidence 0 when it does not validate).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smallfleet.errors import UserError
+from smallfleet.specialists._fill import (
+    CHOICE_KINDS,
+    SPAN_KINDS,
+    Decision,
+    candidates,
+    choice_decision,
+    disjoint,
+    param_item,
+    span_decision,
+)
+from smallfleet.specialists._params import Param, humanise
+from smallfleet.specialists._selector import SimilaritySelector
+from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, SpanItem, SpanResult
+from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistMeta, data_hash
+from smallfleet.types import ChatRequest, ChatResponse, FunctionDefinition, Tool
+
+__all__ = ["ToolCaller"]
+
+
+def tool_query(fn: FunctionDefinition) -> str:
+    """What the selection head reads for a tool: its name, description and parameter names."""
+    props = (fn.parameters or {}).get("properties") or {}
+    params = ", ".join(humanise(p) for p in props)
+    desc = (fn.description or "").strip()
+    return f"{humanise(fn.name)}: {desc} (parameters: {params})" if params else f"{humanise(fn.name)}: {desc}"
+
+
+def tool_views(fn: FunctionDefinition) -> list[str]:
+    """The texts a request is compared with to select a tool: all of it, its name, its parameters."""
+    props = (fn.parameters or {}).get("properties") or {}
+    params = "; ".join(
+        f"{humanise(p)}: {v.get('description', '')}" if isinstance(v, dict) else humanise(p)
+        for p, v in props.items()
+    )
+    return [tool_query(fn), humanise(fn.name), params or humanise(fn.name)]
+
+
+def tool_params(fn: FunctionDefinition) -> list[Param]:
+    schema = fn.parameters or {}
+    props = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    return [
+        Param(name, p if isinstance(p, dict) else {}, name in required, owner=fn.name)
+        for name, p in props.items()
+    ]
+
+
+def _calls_of(response: ChatResponse) -> list[tuple[str, dict[str, Any]]] | None:
+    """The teacher's calls as (name, arguments); None when an argument string is not a JSON object."""
+    out = []
+    for tc in response.message.tool_calls or []:
+        try:
+            args = json.loads(tc.function.arguments or "{}")
+        except ValueError:
+            return None
+        if not isinstance(args, dict):
+            return None
+        out.append((tc.function.name, args))
+    return out
+
+
+class ToolCaller(Specialist):
+    """Calls the request's tools: function selection + argument filling on a sentence encoder.
+
+    >>> tc = ToolCaller(epochs=3).fit(train_examples, validation)   # doctest: +SKIP
+    >>> tc.predict([request])[0].response.message.tool_calls        # doctest: +SKIP
+    """
+
+    kind = "tool_caller"
+
+    def __init__(
+        self,
+        base: str | None = None,
+        *,
+        epochs: int = 4,
+        lr: float = 3e-4,
+        head_lr: float = 3e-3,
+        batch_size: int = 16,
+        max_length: int = 256,
+        train_layers: int | None = 3,
+        distractors: int = 1,
+        multi_threshold: float = 0.25,
+        parallel_ratio: float = 0.5,
+        fill_defaults: bool = False,
+        threads: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.base = base
+        self.params: dict[str, Any] = {
+            "epochs": epochs,
+            "lr": lr,
+            "head_lr": head_lr,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "train_layers": train_layers,
+            "distractors": distractors,
+            "multi_threshold": multi_threshold,
+            "parallel_ratio": parallel_ratio,
+            "fill_defaults": fill_defaults,
+            "seed": seed,
+        }
+        self.threads = threads
+        self.progress = progress
+        # what the training data showed: the usual text answer when no tool is called, and
+        # whether the teacher ever called several functions / one function several times at once
+        self.learned: dict[str, Any] = {
+            "none_text": None, "none_text_share": 0.0, "multi_function": False, "multi_call": False,
+        }  # fmt: skip
+        self._engine: EncoderEngine | None = None
+        self.selector = SimilaritySelector(base)
+        self.meta = SpecialistMeta(kind=self.kind, base_model=base or "")
+
+    @property
+    def engine(self) -> EncoderEngine:
+        if self._engine is None:
+            p = self.params
+            self._engine = EncoderEngine(
+                self.base, max_length=p["max_length"], train_layers=p["train_layers"], threads=self.threads,
+                seed=p["seed"],
+            )  # fmt: skip
+            self.meta.base_model = self._engine.base
+        return self._engine
+
+    # ------------------------------------------------------------ training
+
+    def fit(self, examples: Sequence[Example], validation: Sequence[Example] | None = None) -> ToolCaller:
+        """Train on (request with tools, teacher's tool calls) examples; other examples are ignored."""
+        usable = [ex for ex in examples if ex.request.tools and _calls_of(ex.response) is not None]
+        if not usable:
+            raise UserError("No tool-calling examples to train on (requests need `tools`).")
+        spans, choices, groups = self._items(usable)
+        feats = self.selector.features([(views, text) for views, text, _ in groups])
+        self.selector.fit(feats, [t for _, _, t in groups])
+        self.learned["selector"] = self.selector.state()
+        texts = [ex.response.text for ex in usable if not ex.response.message.tool_calls]
+        if texts:
+            text, n = Counter(texts).most_common(1)[0]
+            self.learned.update(none_text=text, none_text_share=n / len(texts))
+        names = [Counter(n for n, _ in _calls_of(ex.response) or []) for ex in usable]
+        self.learned["multi_function"] = any(len(c) > 1 for c in names)
+        self.learned["multi_call"] = any(c and max(c.values()) > 1 for c in names)
+        p = self.params
+        losses = self.engine.fit(
+            spans,
+            choices,
+            epochs=p["epochs"],
+            lr=p["lr"],
+            head_lr=p["head_lr"],
+            batch_size=p["batch_size"],
+            seed=p["seed"],
+            progress=self.progress,
+            description="tool_caller",
+        )
+        self.meta = SpecialistMeta(
+            kind=self.kind,
+            base_model=self.engine.base,
+            data_hash=data_hash(usable),
+            n_train=len(usable),
+            metrics={"train_loss": [round(x, 4) for x in losses]},
+            params={**p, "learned": self.learned},
+        )
+        if validation:
+            self.meta.metrics["validation_exact"] = self.exact_match(validation)
+        return self
+
+    def _items(
+        self, examples: Sequence[Example]
+    ) -> tuple[list[SpanItem], list[ChoiceItem], list[tuple[list[list[str]], str, list[int]]]]:
+        rng = random.Random(self.params["seed"])
+        pool: dict[str, Tool] = {}
+        for ex in examples:
+            for t in ex.request.tools or []:
+                pool.setdefault(t.function.name, t)
+        spans: list[SpanItem] = []
+        choices: list[ChoiceItem] = []
+        groups: list[tuple[list[list[str]], str, list[int]]] = []
+        for ex in examples:
+            text = ex.request.last_user_text()
+            calls = _calls_of(ex.response) or []
+            tools = list(ex.request.tools or [])
+            names = {t.function.name for t in tools}
+            others = [t for n, t in pool.items() if n not in names]
+            tools += rng.sample(others, min(self.params["distractors"], len(others)))
+            rng.shuffle(tools)
+            called = {name for name, _ in calls}
+            targets = [i for i, t in enumerate(tools) if t.function.name in called] or [len(tools)]
+            groups.append(([tool_views(t.function) for t in tools], text, targets))
+            by_name = {t.function.name: t.function for t in tools}
+            for name in dict.fromkeys(n for n, _ in calls):
+                if name not in by_name:
+                    continue
+                args = [a for n, a in calls if n == name]
+                for param in tool_params(by_name[name]):
+                    item = param_item(param, [a.get(param.name) for a in args if param.name in a], text)
+                    if isinstance(item, SpanItem):
+                        spans.append(item)
+                    elif isinstance(item, ChoiceItem):
+                        choices.append(item)
+        return spans, choices, groups
+
+    # ------------------------------------------------------------ prediction
+
+    def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
+        eng = self.engine
+        p = self.params
+        texts = [r.last_user_text() for r in requests]
+        # 1. which tools: one batched pass over every (tool, text) pair
+        options = [self._options(r) for r in requests]
+        scored = [i for i, o in enumerate(options) if o is not None and len(o[0]) + o[1] > 1]
+        feats = self.selector.features(
+            [([tool_views(t.function) for t in options[i][0]], texts[i]) for i in scored]
+        )
+        probs = self.selector.probs(feats, [options[i][1] for i in scored])
+        prob_of = dict(zip(scored, probs, strict=True))
+        chosen: list[tuple[list[Tool], float]] = []
+        for i, req in enumerate(requests):
+            opt = options[i]
+            if opt is None:
+                chosen.append(([], 1.0))
+                continue
+            tools, with_none = opt
+            pr = prob_of.get(i, [1.0] if tools else [0.0, 1.0])
+            parallel = req.parallel_tool_calls is not False and self.learned["multi_function"]
+            chosen.append(self._select(tools, pr, with_none, parallel))
+        # 2. arguments: one batched pass for every span, one for every choice
+        jobs = [
+            (i, t.function, prm)
+            for i, (ts, _) in enumerate(chosen)
+            for t in ts
+            for prm in tool_params(t.function)
+        ]
+        span_jobs = [j for j in jobs if j[2].kind in SPAN_KINDS]
+        choice_jobs = [j for j in jobs if j[2].kind in CHOICE_KINDS]
+        span_res = eng.extract(
+            [(prm.query(), texts[i]) for i, _, prm in span_jobs],
+            multi_threshold=p["multi_threshold"],
+            candidates=[candidates(prm, texts[i]) for i, _, prm in span_jobs],
+        )
+        choice_res = eng.choose(
+            [([prm.choice_query(v) for v in prm.choices], texts[i]) for i, _, prm in choice_jobs]
+        )
+        decided: dict[tuple[int, str, str], Decision] = {}
+        by_call: dict[tuple[int, str], list[SpanResult]] = {}
+        for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
+            if prm.kind == "span":
+                by_call.setdefault((i, fn.name), []).append(res)
+        for results in by_call.values():
+            disjoint(results)
+        for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
+            decided[(i, fn.name, prm.name)] = span_decision(prm, res, texts[i])
+        for (i, fn, prm), pr in zip(choice_jobs, choice_res, strict=True):
+            decided[(i, fn.name, prm.name)] = choice_decision(prm, pr, texts[i])
+        out = []
+        for i, req in enumerate(requests):
+            tools, conf = chosen[i]
+            if not tools:
+                out.append(self._no_call(req, conf))
+                continue
+            calls: list[tuple[str, dict[str, Any]]] = []
+            for t in tools:
+                parallel = req.parallel_tool_calls is not False and self.learned["multi_call"]
+                fn_calls, c = self._build_calls(i, t.function, decided, parallel)
+                calls += fn_calls
+                conf = min(conf, c)
+            if not all(_valid(args, _tool(tools, name)) for name, args in calls):
+                conf = 0.0
+            out.append(Prediction(ChatResponse.of_tool_calls(f"specialist:{self.kind}", calls), float(conf)))
+        return out
+
+    def _options(self, req: ChatRequest) -> tuple[list[Tool], bool] | None:
+        """The tools to choose among and whether "no tool" is allowed; None: no call at all."""
+        tools = list(req.tools or [])
+        choice = req.tool_choice
+        if not tools or choice == "none":
+            return None
+        if choice == "required":
+            return tools, False
+        if choice is not None and not isinstance(choice, str):
+            named = [t for t in tools if t.function.name == choice.function.name]
+            if not named:
+                raise UserError(f"tool_choice names {choice.function.name!r}, which is not among the tools.")
+            return named, False
+        return tools, True
+
+    def _select(
+        self, tools: list[Tool], probs: list[float], with_none: bool, parallel: bool
+    ) -> tuple[list[Tool], float]:
+        p_none = probs[-1] if with_none else 0.0
+        tool_probs = probs[: len(tools)]
+        best = max(range(len(tools)), key=lambda k: tool_probs[k])
+        if with_none and p_none >= tool_probs[best]:
+            return [], p_none
+        picked = [best]
+        if parallel:
+            ratio = self.params["parallel_ratio"]
+            floor = max(ratio * tool_probs[best], p_none)
+            picked += [k for k in range(len(tools)) if k != best and tool_probs[k] >= floor]
+        picked.sort()
+        return [tools[k] for k in picked], min(1.0, sum(tool_probs[k] for k in picked))
+
+    def _build_calls(
+        self, i: int, fn: FunctionDefinition, decided: dict[tuple[int, str, str], Decision], parallel: bool
+    ) -> tuple[list[tuple[str, dict[str, Any]]], float]:
+        conf = 1.0
+        per_param: dict[str, list[Any]] = {}
+        for prm in tool_params(fn):
+            d = decided.get((i, fn.name, prm.name))
+            if d is None:  # a kind we cannot fill
+                if prm.required:
+                    per_param[prm.name] = [prm.schema["default"]] if "default" in prm.schema else []
+                    conf = 0.0 if not per_param[prm.name] else conf
+                continue
+            conf = min(conf, d.confidence)
+            values = d.values
+            if not values and self.params["fill_defaults"] and "default" in prm.schema:
+                values = [prm.schema["default"]]
+            if not values and prm.required:
+                conf = 0.0
+            if values:
+                per_param[prm.name] = values
+        n = max((len(v) for v in per_param.values()), default=1) if parallel else 1
+        calls = []
+        for k in range(n):
+            args = {}
+            for name, values in per_param.items():
+                if values:
+                    args[name] = values[k] if len(values) == n else values[0]
+            calls.append((fn.name, args))
+        return calls, conf
+
+    def _no_call(self, req: ChatRequest, conf: float) -> Prediction:
+        """No tool: the teacher's usual text answer, as sure as that text was usual."""
+        text = self.learned["none_text"] or ""
+        if req.tool_choice == "none" or not req.tools:
+            conf = 1.0
+        share = self.learned["none_text_share"]
+        return Prediction(ChatResponse.of_text(f"specialist:{self.kind}", text), float(conf * share))
+
+    def exact_match(self, examples: Sequence[Example]) -> float:
+        """Share of examples whose calls equal the teacher's (names and arguments, order-free)."""
+        if not examples:
+            return 0.0
+        preds = self.predict([ex.request for ex in examples])
+        return sum(_same_calls(p.response, ex.response) for p, ex in zip(preds, examples, strict=True)) / len(
+            examples
+        )
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.engine.save(directory)
+        self.meta.params = {**self.params, "learned": self.learned}
+        self.meta.write(directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None) -> ToolCaller:
+        directory = Path(directory)
+        meta = SpecialistMeta.read(directory)
+        if meta.kind != cls.kind:
+            raise UserError(f"{directory} holds a {meta.kind!r} specialist, not a tool_caller.")
+        params = dict(meta.params)
+        learned = params.pop("learned", {})
+        self = cls(meta.base_model, threads=threads, **params)
+        self._engine = EncoderEngine.load(directory, threads=threads)
+        self.learned.update(learned)
+        if "selector" in learned:
+            self.selector = SimilaritySelector(meta.base_model, **learned["selector"])
+        self.meta = meta
+        return self
+
+
+def _tool(tools: list[Tool], name: str) -> FunctionDefinition:
+    return next(t.function for t in tools if t.function.name == name)
+
+
+def _valid(args: dict[str, Any], fn: FunctionDefinition) -> bool:
+    import jsonschema
+
+    schema = fn.parameters or {"type": "object"}
+    try:
+        jsonschema.validate(args, schema)
+    except jsonschema.ValidationError:
+        return False
+    except (jsonschema.SchemaError, jsonschema.exceptions.UnknownType):
+        return True  # not a schema jsonschema can check (e.g. BFCL's "dict"/"float" types)
+    return True
+
+
+def _same_calls(a: ChatResponse, b: ChatResponse) -> bool:
+    def key(r: ChatResponse) -> list[str]:
+        calls = _calls_of(r) or []
+        return sorted(json.dumps([n, args], sort_keys=True) for n, args in calls)
+
+    return key(a) == key(b) and bool(a.message.tool_calls) == bool(b.message.tool_calls)
