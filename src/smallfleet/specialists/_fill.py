@@ -17,7 +17,6 @@ from smallfleet.specialists._values import (
     find_value_spans,
     is_iso_date,
     parse_date,
-    parse_number,
     snap_span,
     snap_to_quotes,
     word_ngrams,
@@ -41,10 +40,15 @@ CHOICE_KINDS = ("enum", "boolean")
 def candidates(param: Param, text: str) -> list[tuple[int, int]] | None:
     """The spans a typed value may take: runs of words that read as a number / a date (None: any)."""
     if param.kind in ("integer", "number"):
-        return [(s, e) for s, e in word_ngrams(text, 3) if parse_number(text[s:e]) is not None]
-    if param.kind == "date":
-        return [(s, e) for s, e in word_ngrams(text, 5) if parse_date(text[s:e]) is not None]
-    return None
+        spans = [(s, e) for s, e in word_ngrams(text, 3) if coerce(text[s:e], param) is not None]
+    elif param.kind == "date":
+        spans = [(s, e) for s, e in word_ngrams(text, 5) if parse_date(text[s:e]) is not None]
+    else:
+        return None
+    # the shortest runs: "10", not "10 and"
+    return [
+        (s, e) for s, e in spans if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in spans)
+    ]
 
 
 def _value_spans(text: str, value: Any, param: Param) -> list[tuple[int, int]]:

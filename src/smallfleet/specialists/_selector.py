@@ -34,6 +34,9 @@ class SimilaritySelector:
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of a predict
             for t, v in zip(missing, embed(missing, self.base), strict=True):
                 self._cache[t] = v
             if len(self._cache) > 50_000:  # a bound, not an LRU: tool sets repeat

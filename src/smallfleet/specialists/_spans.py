@@ -170,15 +170,23 @@ class EncoderEngine:
         seed: int = 0,
         progress: bool = False,
         description: str = "training",
+        max_steps: int | None = None,
     ) -> list[float]:
-        """Train both heads (and the encoder) jointly; returns the mean loss of each epoch."""
+        """Train both heads (and the encoder) jointly; returns the mean loss of each epoch.
+
+        ``max_steps`` caps the optimizer steps: on large data each epoch then sees a fresh
+        random share of the items, so training time stays bounded.
+        """
         torch = require("torch", "local")
         rng = random.Random(seed)
         torch.manual_seed(seed)
         span_batches_per_epoch = math.ceil(len(span_items) / batch_size) if span_items else 0
         choice_batches = _pack_groups(choice_items, batch_size * 2)
         steps_per_epoch = span_batches_per_epoch + len(choice_batches)
-        total = max(1, steps_per_epoch * epochs)
+        per_epoch = steps_per_epoch
+        if max_steps is not None and steps_per_epoch * epochs > max_steps:
+            per_epoch = max(1, max_steps // max(1, epochs))
+        total = max(1, min(steps_per_epoch, per_epoch) * epochs)
         head_params = [p for n, p in self.net.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(
             [
@@ -206,6 +214,7 @@ class EncoderEngine:
                 rng.shuffle(groups)
                 batches += [("choice", b) for b in _pack_groups(groups, batch_size * 2)]
                 rng.shuffle(batches)
+                batches = batches[:per_epoch]
                 epoch_loss = 0.0
                 for kind, batch in batches:
                     loss = self._span_loss(batch) if kind == "span" else self._choice_loss(batch)

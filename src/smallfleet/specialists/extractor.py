@@ -91,6 +91,7 @@ class Extractor(Specialist):
         lr: float = 3e-4,
         head_lr: float = 3e-3,
         batch_size: int = 16,
+        max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
         enum_max: int = 12,
@@ -104,6 +105,7 @@ class Extractor(Specialist):
             "lr": lr,
             "head_lr": head_lr,
             "batch_size": batch_size,
+            "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
             "enum_max": enum_max,
@@ -165,6 +167,7 @@ class Extractor(Specialist):
             seed=p["seed"],
             progress=self.progress,
             description="extractor",
+            max_steps=p["max_steps"],
         )
         examples_used = [ex for ex, _ in usable]
         self.meta = SpecialistMeta(

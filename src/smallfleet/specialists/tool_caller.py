@@ -115,6 +115,7 @@ class ToolCaller(Specialist):
         lr: float = 3e-4,
         head_lr: float = 3e-3,
         batch_size: int = 16,
+        max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
         distractors: int = 1,
@@ -131,6 +132,7 @@ class ToolCaller(Specialist):
             "lr": lr,
             "head_lr": head_lr,
             "batch_size": batch_size,
+            "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
             "distractors": distractors,
@@ -190,6 +192,7 @@ class ToolCaller(Specialist):
             seed=p["seed"],
             progress=self.progress,
             description="tool_caller",
+            max_steps=p["max_steps"],
         )
         self.meta = SpecialistMeta(
             kind=self.kind,
@@ -282,7 +285,7 @@ class ToolCaller(Specialist):
         decided: dict[tuple[int, str, str], Decision] = {}
         by_call: dict[tuple[int, str], list[SpanResult]] = {}
         for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
-            if prm.kind == "span":
+            if prm.kind in ("span", "integer", "number", "date"):
                 by_call.setdefault((i, fn.name), []).append(res)
         for results in by_call.values():
             disjoint(results)
