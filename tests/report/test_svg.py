@@ -18,8 +18,8 @@ def test_bar_chart_draws_one_bar_per_value_scaled_to_the_axis() -> None:
     bars = [r for r in root.iter(f"{NS}rect") if r.find(f"{NS}title") is not None]
     assert len(bars) == 4
     heights = {r.find(f"{NS}title").text: float(r.get("height")) for r in bars}  # type: ignore[union-attr]
-    assert heights["b<&> · calls: 20$"] == 2 * heights["a · calls: 10$"]
-    assert heights["b<&> · cost: 0$"] == 0
+    assert heights["b<&> · calls: $20"] == 2 * heights["a · calls: $10"]
+    assert heights["b<&> · cost: $0"] == 0
 
 
 def test_stacked_bars_stack() -> None:

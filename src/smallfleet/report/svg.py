@@ -44,6 +44,11 @@ def _fmt(v: float) -> str:
     return f"{v:.2g}"
 
 
+def _u(v: float, unit: str) -> str:
+    """A value with its unit: currency before the number, anything else after."""
+    return f"{unit}{_fmt(v)}" if unit in ("$", "€", "£") else f"{_fmt(v)}{unit}"
+
+
 def _frame(width: int, height: int, title: str, body: str, label: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
@@ -70,7 +75,7 @@ def _y_axis(x0: float, y0: float, w: float, h: float, ymax: float, unit: str) ->
         y = y0 + h - h * i / 4
         out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
         out.append(
-            f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#6b7280">{_fmt(v)}{unit}</text>'
+            f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#6b7280">{_esc(_u(v, unit))}</text>'
         )
     return "".join(out)
 
@@ -105,7 +110,7 @@ def bar_chart(
             color = PALETTE[j % len(PALETTE)]
             parts.append(
                 f'<rect x="{bx:.1f}" y="{by:.1f}" width="{bw:.1f}" height="{max(bh, 0):.1f}" fill="{color}">'
-                f"<title>{_esc(cat)} · {_esc(name)}: {_fmt(v)}{_esc(unit)}</title></rect>"
+                f"<title>{_esc(cat)} · {_esc(name)}: {_esc(_u(v, unit))}</title></rect>"
             )
             if stacked:
                 base = by
