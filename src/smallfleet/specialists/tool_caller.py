@@ -247,7 +247,7 @@ class ToolCaller(Specialist):
         eng = self.engine
         p = self.params
         texts = [r.last_user_text() for r in requests]
-        # 1. which tools: one batched pass over every (tool, text) pair
+        # 1. which tools: similarity features (tool embeddings cached), one softmax per request
         options = [self._options(r) for r in requests]
         scored = [i for i, o in enumerate(options) if o is not None and len(o[0]) + o[1] > 1]
         feats = self.selector.features(
