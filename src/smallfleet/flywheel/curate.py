@@ -9,7 +9,7 @@ What is dropped, in this order, each counted under its reason:
 ``refusal``            a ``refusal`` field, ``finish_reason == "content_filter"``, or a short
                        refusal-like text ("I'm sorry, but I can't help with that.")
 ``empty``              neither text nor tool calls
-``negative_feedback``  a feedback score below ``negative_below``
+``negative_feedback``  a feedback score below ``negative_below`` (default 0: thumbs-down -1, thumbs-up +1)
 ``duplicate``          the same task text and answer, after normalising case and whitespace
 ``near_duplicate``     the request's dialogue (the messages but the system prompt) has embedding
                        cosine similarity >= ``near_duplicate_threshold`` to an earlier kept call
@@ -323,7 +323,7 @@ def curate(
     *,
     feedback: Mapping[str, float] | None = None,
     negative_below: float = 0.0,
-    near_duplicate_threshold: float = 0.97,
+    near_duplicate_threshold: float = 0.95,
     near_duplicates: Literal["drop", "group"] = "drop",
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
     encoder: str | None = None,
