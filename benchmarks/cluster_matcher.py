@@ -9,7 +9,10 @@ Baselines measured in the same run:
 - curate / cluster: embedding the same requests' texts in batches with ``smallfleet.encoders.embed``
   (the bulk of their work), so the ratio shows what the stages add on top.
 
-    python benchmarks/cluster_matcher.py [--calls 2000] [--probes 300]
+    python benchmarks/cluster_matcher.py [--calls 2000] [--probes 300] [--threads 1]
+
+On a busy machine, one text's forward pass suffers badly from oversubscribed torch threads;
+``--threads 1`` shows the single-request path without that.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000, help="generated calls to curate and cluster")
     ap.add_argument("--probes", type=int, default=300, help="held-out requests to match one by one")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from smallfleet.demo import generate_workload, to_trace_records
     from smallfleet.encoders import embed, load_encoder

@@ -594,7 +594,10 @@ def cluster_records(
     ``max_fit`` calls, a seeded sample is clustered and the rest assigned by the matcher.
     Labels are numbered by size, largest first.
     """
-    import numpy as np
+    from smallfleet._extras import require
+
+    require("sklearn", "local")  # clustering needs the `local` extra: say so before any work
+    np = require("numpy", "local")
 
     report = on_progress or (lambda stage, done, total: None)
     n = len(records)

@@ -370,6 +370,9 @@ def curate(
 
     group_root = list(range(len(good)))
     if near_duplicate_threshold < 1.0 and good:
+        from smallfleet._extras import require
+
+        require("numpy", "local")  # near-duplicates are found by embedding: the `local` extra
         group_root = _near_duplicates(
             good, near_duplicate_threshold, near_duplicates, encoder, batch_size, chunk, report
         )
