@@ -107,10 +107,11 @@ class RoutedGateway:
 
 
 def start_gateway(
-    directory: Path, upstream_url: str, routes: Sequence[Route], **routing: Any
+    directory: Path, upstream_url: str, routes: Sequence[Route], db_url: str | None = None, **routing: Any
 ) -> RoutedGateway:
-    """Promote ``routes`` into a fresh store, then start a gateway with ``routing.enabled``."""
-    db_url = f"sqlite:///{directory / 'traces.db'}"
+    """Promote ``routes`` into a fresh store (SQLite in ``directory`` unless ``db_url``), then start
+    a gateway with ``routing.enabled``."""
+    db_url = db_url or f"sqlite:///{directory / 'traces.db'}"
     store = TraceStore(db_url)
     route_store = RouteStore(store.engine)
     for r in routes:
