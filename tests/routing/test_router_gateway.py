@@ -156,13 +156,18 @@ def gw(
     running.stop()
 
 
-def ask(gw: RoutedGateway, text: str, route: str, **kw: Any) -> tuple[str, str, Any]:
-    """(x-smallfleet-route, trace id, the parsed completion) for one request through the SDK."""
-    raw = gw.client().chat.completions.with_raw_response.create(
+def ask_raw(gw: RoutedGateway, text: str, route: str, **kw: Any) -> Any:
+    """The SDK's raw response (headers, then ``parse()``) for one request through the gateway."""
+    return gw.client().chat.completions.with_raw_response.create(
         model=ALIAS,
         messages=[{"role": "system", "content": system(route)}, {"role": "user", "content": text}],
         **kw,
     )
+
+
+def ask(gw: RoutedGateway, text: str, route: str, **kw: Any) -> tuple[str, str, Any]:
+    """(x-smallfleet-route, trace id, the parsed completion) for one request through the SDK."""
+    raw = ask_raw(gw, text, route, **kw)
     return raw.headers["x-smallfleet-route"], raw.headers["x-smallfleet-trace-id"], raw.parse()
 
 
@@ -195,6 +200,8 @@ def test_confident_valid_answer_is_served_small(
         assert rec.confidence == pytest.approx(confidence, abs=0.02)  # batched vs single: padding
         assert rec.escalation is None
         assert rec.cost_usd == pytest.approx(rec.latency_ms / 3.6e6 * 0.5, rel=0.05)  # compute time
+    raw = ask_raw(gw, confident[0][0], "triage")
+    assert float(raw.headers["x-smallfleet-confidence"]) == pytest.approx(confident[0][2], abs=0.02)
     assert upstream.requests == []  # the large model was never asked
 
 
@@ -220,6 +227,7 @@ def test_streamed_request_served_small_streams_proper_chunks(
     )
     assert raw.headers["x-smallfleet-route"] == "specialist:triage"
     assert raw.headers["content-type"].startswith("text/event-stream")
+    assert float(raw.headers["x-smallfleet-confidence"]) >= 0.3
     chunks = list(raw.parse())
     assert len(chunks) >= 3  # role, content, finish (+ usage)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == label
@@ -254,6 +262,8 @@ def test_unknown_task_type_goes_to_the_large_model(
 def test_low_confidence_escalates(
     gw: RoutedGateway, queries: list[tuple[str, str, float]], upstream: ScriptedUpstream
 ) -> None:
+    raw = ask_raw(gw, queries[0][0], "unsure")
+    assert float(raw.headers["x-smallfleet-confidence"]) == pytest.approx(queries[0][2], abs=0.02)
     rec = _escalated(gw, upstream, queries[0][0], "unsure")
     assert rec.route == "escalated:low_confidence" and rec.escalation == "low_confidence"
     assert rec.confidence == pytest.approx(queries[0][2], abs=0.02)
@@ -289,8 +299,9 @@ def test_label_outside_the_route_set_is_invalid(
 def test_failing_specialist_escalates(
     gw: RoutedGateway, queries: list[tuple[str, str, float]], upstream: ScriptedUpstream
 ) -> None:
-    rec = _escalated(gw, upstream, queries[0][0], "broken")
-    assert rec.route == "escalated:specialist_error" and rec.escalation == "specialist_error"
+    for _ in range(2):  # the second within the retry delay: the failed folder is not reloaded
+        rec = _escalated(gw, upstream, queries[0][0], "broken")
+        assert rec.route == "escalated:specialist_error" and rec.escalation == "specialist_error"
 
 
 def test_route_in_mode_off_escalates(

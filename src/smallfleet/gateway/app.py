@@ -507,7 +507,7 @@ class Gateway:
                     continue
                 raise
             payload = _dumps(out)
-            await _send(send, 200, payload, _JSON, rec.id, route)
+            await _send(send, 200, payload, _JSON, rec.id, route, _confidence_header(rec))
             state.sent = True
             rec.response = out
             rec.status, rec.http_status, rec.error = "ok", 200, None
@@ -553,6 +553,7 @@ class Gateway:
             *_SSE_HEADERS,
             (b"x-smallfleet-trace-id", rec.id.encode()),
             (b"x-smallfleet-route", rec.route.encode()),
+            *_confidence_header(rec),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         state.sent = state.open_stream = True
@@ -696,6 +697,13 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def _confidence_header(rec: TraceRecord) -> list[tuple[bytes, bytes]]:
+    """``x-smallfleet-confidence`` when a router scored the request (a specialist's confidence)."""
+    if rec.confidence is None:
+        return []
+    return [(b"x-smallfleet-confidence", f"{rec.confidence:.4f}".encode())]
 
 
 def _header_bytes(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -38,6 +38,9 @@ __all__ = ["Decision", "Router"]
 
 log = logging.getLogger("smallfleet.router")
 
+#: A specialist folder that failed to load is not tried again for this long (its routes escalate).
+RETRY_LOAD_SECONDS = 30.0
+
 
 @dataclass
 class Decision:
@@ -89,6 +92,7 @@ class Router:
         self.encoder = encoder
         self._rng = random.Random(seed)
         self._specialists: dict[str, Specialist] = {}
+        self._failed: dict[str, tuple[float, Exception]] = {}  # path → (when, why) it failed to load
         self._lock = threading.Lock()
         # (route by name, matcher), swapped as one so a reload never splits them
         self._state: tuple[dict[str, Route], Any] = ({}, None)
@@ -133,15 +137,25 @@ class Router:
         return None if name is None else routes.get(name)
 
     def specialist(self, route: Route) -> Specialist:
-        spec = self._specialists.get(route.specialist_path)
+        """The route's specialist, loaded once; a folder that failed to load is retried after a while."""
+        path = route.specialist_path
+        spec = self._specialists.get(path)
         if spec is None:
             from smallfleet.specialists.base import load_specialist
 
             with self._lock:
-                spec = self._specialists.get(route.specialist_path)
+                spec = self._specialists.get(path)
                 if spec is None:
-                    spec = load_specialist(route.specialist_path)
-                    self._specialists[route.specialist_path] = spec
+                    failed = self._failed.get(path)
+                    if failed is not None and time.monotonic() - failed[0] < RETRY_LOAD_SECONDS:
+                        raise failed[1]
+                    try:
+                        spec = load_specialist(path)
+                    except Exception as e:
+                        self._failed[path] = (time.monotonic(), e)
+                        raise
+                    self._failed.pop(path, None)
+                    self._specialists[path] = spec
         return spec
 
     def predict(self, route: Route, request: ChatRequest) -> Prediction:
