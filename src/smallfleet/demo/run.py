@@ -63,6 +63,8 @@ def run_demo(
     min_examples: int | None = None,
     usd_per_hour: float = 0.10,
     progress: bool = True,
+    max_train: int = 800,
+    specialist_params: dict[str, dict[str, Any]] | None = None,
 ) -> DemoResult:
     from rich.console import Console
 
@@ -100,6 +102,8 @@ def run_demo(
         specialists_dir=str(work / "specialists"),
         usd_per_hour=usd_per_hour,
         progress=progress,
+        max_train=max_train,
+        specialist_params=specialist_params or {},
     )
     run = run_flywheel(store, opts)
 

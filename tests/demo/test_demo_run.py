@@ -1,0 +1,36 @@
+"""`smallfleet demo` end to end on a small workload: the properties, not fixed numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from smallfleet.demo.run import run_demo
+
+OPEN_ENDED_KINDS = {"troubleshoot", "policy", "complaint"}
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    fast = {
+        "classifier": {"epochs": 4},
+        "tool_caller": {"epochs": 2, "max_steps": 120},
+        "extractor": {"max_steps": 120},
+    }
+    r = run_demo(
+        tmp_path / "demo", calls=1200, seed=3, target_accuracy=0.9, progress=False, max_train=300,
+        specialist_params=fast,
+    )  # fmt: skip
+    # routes were promoted, and only for routine task types
+    assert r.routes, "no route was promoted"
+    assert {route["kind"] for route in r.routes} <= {"classifier", "extractor", "tool_caller"}
+    for task in OPEN_ENDED_KINDS & set(r.by_task):
+        assert r.by_task[task]["small"] == 0, f"open-ended {task} was served small"
+    # what was served small agrees with the large model about as well as the target says
+    assert r.served_small > 0 and r.agreement is not None and r.agreement >= 0.85
+    # serving small made it cheaper and faster
+    assert r.cost_after_usd < r.cost_before_usd
+    assert r.latency_p50_after_ms <= r.latency_p50_before_ms
+    # the report and the figures are on disk
+    assert Path(r.report).exists() and "<svg" in Path(r.report).read_text()
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert saved["served_small"] == r.served_small
