@@ -21,7 +21,10 @@ from smallfleet.types import ChatRequest, ChatResponse
 
 pytest.importorskip("torch")
 
-from smallfleet.specialists.tool_caller import ToolCaller
+from smallfleet.specialists._params import Param
+from smallfleet.specialists._spans import Span, SpanResult
+from smallfleet.specialists._values import extend_name, trim_run_on
+from smallfleet.specialists.tool_caller import ToolCaller, _span_value
 
 
 def fn(name: str, desc: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -458,3 +461,73 @@ def test_bad_training_data_is_a_clear_error() -> None:
     req = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(UserError, match="tools"):
         ToolCaller().fit([Example(req, ChatResponse.of_text("t", "hello"))])
+
+
+def test_load_reads_older_saves_with_learned_values_among_params(trained: ToolCaller, tmp_path: Path) -> None:
+    assert trained.learned["none_text"]  # trained with text answers too
+    trained.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "specialist.json"
+    meta = json.loads(meta_path.read_text())
+    learned = meta["params"].pop("learned")
+    # the layout an earlier version wrote: none_text etc. beside the constructor's params
+    meta["params"].update(none_text=learned["none_text"], none_text_share=learned["none_text_share"])
+    meta["params"]["retired_option"] = 1
+    meta_path.write_text(json.dumps(meta))
+    loaded = ToolCaller.load(tmp_path / "old")
+    assert loaded.learned["none_text"] == trained.learned["none_text"]
+    assert loaded.learned["none_text_share"] == trained.learned["none_text_share"]
+    (chat,) = loaded.predict([_request("Good morning, how are you?", ["get_weather"], tool_choice="none")])
+    assert chat.response.text == trained.learned["none_text"]
+
+
+def _sp(text: str, part: str, prob: float, after: int = 0) -> Span:
+    start = text.index(part, after)
+    return Span(start, start + len(part), part, prob)
+
+
+def test_a_comma_inside_one_value_never_splits_it_into_calls() -> None:
+    prm = Param("location", {"type": "string"}, True, owner="get_weather")
+    text = "Im at Riga, Latvia, Can you tell me the current temperature?"
+    res = SpanResult([_sp(text, "Riga", 0.6), _sp(text, "Latvia", 0.4)], 0.1, None, [])
+    assert _span_value(prm, res, text, True, []).values == ["Riga, Latvia"]
+    # several values only when a list says so, and the model did not also read the run as one
+    text = "Compare the weather of Lima and Oslo."
+    lima, oslo = _sp(text, "Lima", 0.7), _sp(text, "Oslo", 0.5)
+    assert _span_value(prm, SpanResult([lima, oslo], 0.1, None, []), text, True, []).values == [
+        "Lima",
+        "Oslo",
+    ]
+    assert _span_value(prm, SpanResult([lima, oslo], 0.1, None, []), text, False, []).values == ["Lima"]
+    whole = Span(lima.start, oslo.end, text[lima.start : oslo.end], 0.8)  # the model's best reading
+    one = _span_value(prm, SpanResult([lima, oslo], 0.1, None, [whole, lima, oslo]), text, True, [])
+    assert len(one.values) == 1
+    # unrelated mentions of one parameter are not a list: the most probable is kept
+    text = "Details for the user with the ID 7890, who has black as their special request?"
+    res = SpanResult([_sp(text, "black", 0.5), _sp(text, "7890", 0.3)], 0.1, None, [])
+    assert _span_value(prm, res, text, True, []).values == ["black"]
+
+
+def test_spans_are_widened_to_the_whole_address_and_cut_before_a_new_clause() -> None:
+    prm = Param("loc", {"type": "string"}, True, owner="uber_ride")
+    text = "A Comfort Uber ride from 2020 Addison Street, Berkeley, CA, USA, and I can wait 600 seconds."
+    res = SpanResult([_sp(text, "Addison", 0.5)], 0.1, None, [])
+    assert _span_value(prm, res, text, False, []).values == ["2020 Addison Street, Berkeley, CA, USA"]
+    runon = text[text.index("2020") : text.index("600") + 3]
+    res = SpanResult([_sp(text, runon, 0.5)], 0.1, None, [])
+    assert _span_value(prm, res, text, False, []).values == ["2020 Addison Street, Berkeley, CA, USA"]
+    text = "Find a hotel in New York, NY in December and will be staying for 5 nights."
+    res = SpanResult([_sp(text, "New York, NY in December and will be staying for 5", 0.5)], 0.1, None, [])
+    assert _span_value(prm, res, text, False, []).values == ["New York, NY"]
+    # lower-case values are left as the model read them
+    assert trim_run_on("send it to the blue box", 0, 23) == 23
+    assert extend_name("the ID 7890, who", 7, 11) == (7, 11)
+
+
+def test_a_required_number_falls_back_to_a_number_in_the_text() -> None:
+    prm = Param("time", {"type": "integer"}, True, owner="uber_ride")
+    text = "A ride from 221B Baker Street, and I can wait up to 600 seconds for it."
+    loc = _sp(text, "221B Baker Street", 0.8)
+    d = _span_value(prm, SpanResult([], 0.9, None, []), text, False, [loc])
+    assert d.values == [600] and 0 < d.confidence < 0.5
+    optional = Param("time", {"type": "integer"}, False, owner="uber_ride")
+    assert _span_value(optional, SpanResult([], 0.9, None, []), text, False, [loc]).values == []

@@ -277,3 +277,74 @@ def _minimal(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [
         (s, e) for s, e in spans if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in spans)
     ]
+
+
+# a clause that starts inside a span and is no part of the value:
+# "221B Baker Street, Berkeley, CA, USA[, and I can wait up to 600]"
+_RUN_ON = re.compile(
+    r"\s*[,;]?\s+(?:and|but|so|then|because|while|which|who|where|if|when)\s+"
+    r"(?:i|i'm|i'll|we|you|he|she|they|it|will|would|can|could|should|please|also|am|is|are|was|"
+    r"want|need|have|has|plan|like|let|make|then|also)\b"
+    r"|\s*[,;]\s*(?:i|we|please|can you|could you)\b"
+    r"|\s+(?:in|on|during|for|from|until|by)\s+(?:january|february|march|april|may|june|july|august|"
+    r"september|october|november|december|next|this|the next|\d+\s+(?:days?|nights?|weeks?|months?|"
+    r"hours?|minutes?|seconds?|people|persons|guests))\b",
+    re.IGNORECASE,
+)
+
+
+def trim_run_on(text: str, start: int, end: int) -> int:
+    """The end of ``text[start:end]`` with a trailing clause cut off (the span may run on)."""
+    m = _RUN_ON.search(text, start + 1, end)
+    if m is None or m.start() <= start:
+        return end
+    e = m.start()
+    while e > start and text[e - 1] in " ,;":
+        e -= 1
+    return e if e > start else end
+
+
+_CAP_WORD = re.compile(r"[A-Z0-9][\w'’.-]*", re.UNICODE)
+_NOT_NAMES = {"I", "I'm", "I'd", "I'll", "A", "An", "The", "Can", "Could", "Would", "Please", "What", "How"}
+
+
+def _is_name_word(word: str) -> bool:
+    word = word.strip(_EDGE)
+    return bool(word) and word not in _NOT_NAMES and (word[0].isupper() or word[0].isdigit())
+
+
+def extend_name(text: str, start: int, end: int) -> tuple[int, int]:
+    """A span inside a proper name or address widened to all of it.
+
+    ``"Addison"`` in ``"from 2020 Addison Street, Berkeley, CA, USA, and"`` →
+    ``"2020 Addison Street, Berkeley, CA, USA"``: runs of capitalised words and numbers
+    around the span, and ``", Capitalised"`` parts after it (a city's state or country).
+    Only for spans that start and end on such a word; never across sentence ends.
+    """
+    span = text[start:end].split()
+    if not span or not _is_name_word(span[0]) or not _is_name_word(span[-1]):
+        return start, end
+    # left: preceding capitalised words (or a house number), not a sentence's first word
+    s = start
+    while span[0][0].isupper():
+        m = re.search(r"(\S+)\s+$", text[:s])
+        if m is None:
+            break
+        word = m.group(1)
+        before = text[: m.start()].rstrip()
+        if word[-1] in ",;:.!?" or not _is_name_word(word) or not before or before[-1] in ".!?:":
+            break
+        s = m.start(1)
+    # right: following capitalised words, and ", Capitalised" parts
+    e = end
+    while True:
+        m = re.match(r"(\s+|\s*,\s*)([^\s,]+)", text[e:])
+        if m is None:
+            break
+        word = m.group(2).rstrip(_EDGE)
+        if not word or not _is_name_word(word) or (word[0].isdigit() and "," in m.group(1)):
+            break
+        e = e + m.start(2) + len(word)
+        if m.group(2) != word:  # the word ended in punctuation ("USA." / "(CA)")
+            break
+    return s, e

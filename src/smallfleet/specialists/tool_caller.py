@@ -29,8 +29,11 @@ OpenAI ``tool_calls`` shape and is checked against each tool's JSON schema
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,9 +50,10 @@ from smallfleet.specialists._fill import (
     param_item,
     span_decision,
 )
-from smallfleet.specialists._params import Param, humanise
+from smallfleet.specialists._params import Param, coerce, humanise
 from smallfleet.specialists._selector import SimilaritySelector
-from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, SpanItem, SpanResult
+from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, Span, SpanItem, SpanResult
+from smallfleet.specialists._values import extend_name, trim_run_on
 from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistMeta, data_hash
 from smallfleet.types import ChatRequest, ChatResponse, FunctionDefinition, Tool
 
@@ -290,12 +294,20 @@ class ToolCaller(Specialist):
         for results in by_call.values():
             disjoint(results)
         for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
-            decided[(i, fn.name, prm.name)] = span_decision(prm, res, texts[i])
+            parallel = requests[i].parallel_tool_calls is not False and self.learned["multi_call"]
+            taken = [sp for r in by_call.get((i, fn.name), []) if r is not res for sp in r.spans[:1]]
+            decided[(i, fn.name, prm.name)] = _span_value(prm, res, texts[i], parallel, taken)
         for (i, fn, prm), pr in zip(choice_jobs, choice_res, strict=True):
-            decided[(i, fn.name, prm.name)] = choice_decision(prm, pr, texts[i])
+            d = choice_decision(prm, pr, texts[i])
+            optional_enum = prm.kind == "enum" and not prm.required
+            if optional_enum and d.values and d.confidence < 0.9 and not _says_value(texts[i], d.values[0]):
+                d = Decision([], 1.0 - d.confidence)  # an optional value the text does not give: left out
+            decided[(i, fn.name, prm.name)] = d
         out = []
         for i, req in enumerate(requests):
             tools, conf = chosen[i]
+            if len(tools) > 1:
+                tools = [t for k, t in enumerate(tools) if k == 0 or _evidenced(i, t.function, decided)]
             if not tools:
                 out.append(self._no_call(req, conf))
                 continue
@@ -338,7 +350,6 @@ class ToolCaller(Specialist):
             ratio = self.params["parallel_ratio"]
             floor = max(ratio * tool_probs[best], p_none)
             picked += [k for k in range(len(tools)) if k != best and tool_probs[k] >= floor]
-        picked.sort()
         return [tools[k] for k in picked], min(1.0, sum(tool_probs[k] for k in picked))
 
     def _build_calls(
@@ -362,6 +373,7 @@ class ToolCaller(Specialist):
             if values:
                 per_param[prm.name] = values
         n = max((len(v) for v in per_param.values()), default=1) if parallel else 1
+        n = max(1, n)
         calls = []
         for k in range(n):
             args = {}
@@ -404,14 +416,115 @@ class ToolCaller(Specialist):
         if meta.kind != cls.kind:
             raise UserError(f"{directory} holds a {meta.kind!r} specialist, not a tool_caller.")
         params = dict(meta.params)
-        learned = params.pop("learned", {})
-        self = cls(meta.base_model, threads=threads, **params)
+        legacy = "learned" not in params
+        learned = dict(params.pop("learned", None) or {})
+        if legacy:  # versions before the learned flags always allowed parallel calls
+            learned.update(multi_function=True, multi_call=True)
+        # older saves kept what fit learned among the constructor's params
+        for key in ("none_text", "none_text_share", "multi_function", "multi_call"):
+            if key in params:
+                learned.setdefault(key, params.pop(key))
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "base", "threads"}
+        self = cls(meta.base_model, threads=threads, **{k: v for k, v in params.items() if k in known})
         self._engine = EncoderEngine.load(directory, threads=threads)
         self.learned.update(learned)
         if "selector" in learned:
             self.selector = SimilaritySelector(meta.base_model, **learned["selector"])
         self.meta = meta
         return self
+
+
+_CONJ = r"(?:and|or|&|plus|as well as|versus|vs\.?)"
+_GAP_LAST = re.compile(
+    rf"^\s*,?\s*{_CONJ}(?:\s+(?:also|then|in|at|for|of|to|on|the|from|with)){{0,3}}\s*$", re.I
+)
+_GAP_LIST = re.compile(r"^\s*,\s*$")
+
+
+def _separate_values(spans: list[Span], res: SpanResult, text: str) -> bool:
+    """Whether several spans found for one parameter are really several values ("Paris and London").
+
+    Each gap between them must be a list separator (", " between items, a conjunction before the
+    last), each span must be a value of its own, and the model's best span must not be the whole
+    run read as one value.
+    """
+    if len(spans) < 2:
+        return False
+    gaps = [text[a.end : b.start] for a, b in itertools.pairwise(spans)]
+    if any(b.start < a.end for a, b in itertools.pairwise(spans)):
+        return False
+    if not _GAP_LAST.match(gaps[-1]) or not all(_GAP_LIST.match(g) or _GAP_LAST.match(g) for g in gaps[:-1]):
+        return False
+    if any(len(sp.text.strip(" .,;:'\"")) < 2 for sp in spans):
+        return False
+    # the model's own best reading took the whole run as one value ("Pride and Prejudice")
+    best = res.top[0] if res.top else None
+    return not (best is not None and best.start <= spans[0].start and best.end >= spans[-1].end)
+
+
+def _span_value(prm: Param, res: SpanResult, text: str, parallel: bool, taken: list[Span]) -> Decision:
+    """One parameter's value(s) from its spans: several only when they are clearly separate values.
+
+    A single value is read from the most probable span (string spans cut where a new clause
+    starts and widened to a whole name or address); several spans that are not separate
+    values are joined when only punctuation parts them ("Riga" + "Latvia"), else the best is
+    kept. A required number the model did not find falls back to a number in the text.
+    """
+    spans = list(res.spans)
+    if len(spans) > 1 and prm.kind != "array":
+        ordered = sorted(spans, key=lambda sp: sp.start)
+        if not (parallel and _separate_values(ordered, res, text)):
+            gaps_ok = all(
+                re.fullmatch(r"[\s,;/-]{0,3}", text[a.end : b.start]) for a, b in itertools.pairwise(ordered)
+            )
+            if gaps_ok and ordered[0].end <= ordered[1].start:
+                first, last = ordered[0], ordered[-1]
+                spans = [
+                    Span(first.start, last.end, text[first.start : last.end], min(x.prob for x in spans))
+                ]
+            else:
+                spans = spans[:1]
+    if prm.kind == "span":
+        spans = [_whole_value(sp, text, taken if len(spans) == 1 else spans) for sp in spans]
+    found = SpanResult(spans, res.null_prob, res.best, res.top)
+    d = span_decision(prm, found, text)
+    if not d.values and prm.required and prm.kind in ("integer", "number"):
+        d = _number_fallback(prm, text, taken) or d
+    return d
+
+
+def _whole_value(sp: Span, text: str, others: list[Span]) -> Span:
+    s, e = extend_name(text, sp.start, trim_run_on(text, sp.start, sp.end))
+    if any(
+        o is not sp and o.start < e and s < o.end and not (o.start < sp.end and sp.start < o.end)
+        for o in others
+    ):
+        s, e = sp.start, trim_run_on(text, sp.start, sp.end)  # widening would take another value's words
+    return Span(s, e, text[s:e], sp.prob)
+
+
+def _number_fallback(prm: Param, text: str, taken: list[Span]) -> Decision | None:
+    """A required number the model missed: the first number in the text no other parameter took."""
+    spans = candidates(prm, text) or []
+    free = [(s, e) for s, e in spans if not any(t.start < e and s < t.end for t in taken)]
+    for s, e in free or spans:
+        v = coerce(text[s:e], prm)
+        if v is not None:
+            return Decision([v], 0.3)
+    return None
+
+
+def _says_value(text: str, value: Any) -> bool:
+    words = {str(value), humanise(str(value))}
+    return any(re.search(rf"(?<!\w){re.escape(w)}", text, re.IGNORECASE) for w in words if len(w.strip()) > 1)
+
+
+def _evidenced(i: int, fn: FunctionDefinition, decided: dict[tuple[int, str, str], Decision]) -> bool:
+    """An extra tool (beside the best) is called only when the text fills its arguments."""
+    ds = [(prm, decided.get((i, fn.name, prm.name))) for prm in tool_params(fn)]
+    if any(prm.required and (d is None or not d.values or d.confidence < 0.5) for prm, d in ds):
+        return False
+    return any(d is not None and d.values and d.confidence >= 0.5 for _, d in ds)
 
 
 def _tool(tools: list[Tool], name: str) -> FunctionDefinition:
