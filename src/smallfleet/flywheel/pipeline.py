@@ -142,6 +142,8 @@ class FlywheelRun:
     noise: dict[str, Any] = field(default_factory=dict)
     projection: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    #: stage → {"seconds", "peak_rss_mb"} (the process's peak resident memory after the stage)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +154,31 @@ class FlywheelRun:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+class _StageClock:
+    """Times each stage and notes the process's peak memory after it."""
+
+    def __init__(self, into: dict[str, dict[str, float]]) -> None:
+        self.into = into
+
+    def __call__(self, name: str) -> Any:
+        import contextlib
+        import resource
+
+        @contextlib.contextmanager
+        def timed() -> Any:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+                self.into[name] = {
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "peak_rss_mb": round(peak, 1),
+                }
+
+        return timed()
 
 
 def _p50(values: Sequence[float | None]) -> float | None:
@@ -358,10 +385,13 @@ class Flywheel:
             params={k: v for k, v in asdict(opts).items() if k != "progress"},
         )
         self._record_run(run, status="running")
+        clock = _StageClock(run.stages)
         with _progress(opts.progress) as progress:
-            records = self._load(progress)
-            run.traffic = self._traffic(records)
-            curated = self._curate(records, progress)
+            with clock("load"):
+                records = self._load(progress)
+                run.traffic = self._traffic(records)
+            with clock("curate"):
+                curated = self._curate(records, progress)
             run.curation = {
                 "total": len(records),
                 "kept": len(curated.train) + len(curated.validation) + len(curated.test),
@@ -373,11 +403,10 @@ class Flywheel:
                 },
             }
             kept = [*curated.train, *curated.validation, *curated.test]
-            split_of = {r.id: "train" for r in curated.train}
-            split_of.update({r.id: "validation" for r in curated.validation})
-            split_of.update({r.id: "test" for r in curated.test})
-            clustering = self._cluster(kept, progress)
-            self._per_cluster(run, kept, split_of, clustering, progress)
+            with clock("cluster"):
+                clustering = self._cluster(kept, progress)
+            with clock("select, train, evaluate, promote"):
+                self._per_cluster(run, kept, clustering, progress)
         run.projection = self._projection(run)
         run.finished_at = time.time()
         self._record_run(run, status="done")
@@ -444,7 +473,6 @@ class Flywheel:
         self,
         run: FlywheelRun,
         kept: list[TraceRecord],
-        split_of: dict[str, str],
         clustering: Any,
         progress: Any,
     ) -> None:
@@ -470,11 +498,7 @@ class Flywheel:
         budget = Budget(cpu_only=self.opts.cpu_only, gpu_memory_gb=self.opts.gpu_memory_gb)
         for label, recs in sorted(by_cluster.items(), key=lambda kv: -len(kv[1])):
             info = clustering.clusters[label]
-            examples = {s: [] for s in ("train", "validation", "test")}  # type: dict[str, list[Example]]
-            for rec in recs:
-                ex = to_example(rec)
-                if ex is not None:
-                    examples[split_of[rec.id]].append(ex)
+            examples = _split_by_time(recs)
             train = examples["train"][-self.opts.max_train :]
             profile = profile_task([*train, *examples["validation"]]) if train else None
             shape = getattr(profile, "shape", "text") if profile else "text"
@@ -787,6 +811,23 @@ class Flywheel:
                             ),
                         )
                     )
+
+
+def _split_by_time(
+    recs: Sequence[TraceRecord], parts: tuple[float, float] = (0.15, 0.15)
+) -> dict[str, list[Example]]:
+    """A cluster's examples split by time: the newest ``parts[1]`` test, the ``parts[0]`` before validation.
+
+    Each cluster is split on its own timeline, so a task type that appeared recently still
+    gets training data (a global split would put all of it in the test set). Curation has
+    dropped near-duplicates, so no near-duplicate pair straddles the splits.
+    """
+    exs = [ex for ex in (to_example(r) for r in sorted(recs, key=lambda r: (r.created_at, r.id))) if ex]
+    n = len(exs)
+    n_test = max(1, round(parts[1] * n)) if n >= 3 else 0
+    n_val = max(1, round(parts[0] * n)) if n >= 3 else 0
+    cut = n - n_test - n_val
+    return {"train": exs[:cut], "validation": exs[cut : n - n_test], "test": exs[n - n_test :]}
 
 
 def _base_model(candidate: Any, encoder: str | None) -> str | None:

@@ -1,0 +1,102 @@
+"""How the flywheel's stages grow with the number of traces.
+
+Generates the demo workload at several sizes (default 2,000 and 10,000 calls), writes
+each into a fresh SQLite store and runs the flywheel once, printing each stage's time
+and the process's peak memory. The baseline, measured in the same run, is the cost of
+embedding the same number of texts with the bundled encoder (the floor for curation
+and clustering, which must embed every request once), so the stage times are also
+shown as multiples of it. Each size runs in its own process, so peak memory is per size.
+
+    python benchmarks/flywheel_scale.py [--sizes 2000 10000] [--max-train 800]
+
+Targets (issue): 10k traces end to end under 5 minutes; 100k under 30 minutes; memory under 4 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def one_size(calls: int, max_train: int, workdir: Path) -> dict[str, object]:
+    from smallfleet.demo.workload import generate_workload, to_trace_records
+    from smallfleet.encoders import embed
+    from smallfleet.flywheel.pipeline import FlywheelOptions, run_flywheel
+    from smallfleet.store.trace_store import TraceStore
+
+    workload = generate_workload(calls, seed=0)
+    records = to_trace_records(workload)
+    store = TraceStore(f"sqlite:///{workdir / 'fw.db'}")
+    for i in range(0, len(records), 5000):
+        store.write_traces(records[i : i + 5000])
+    texts = [c.user_text for c in workload]
+    embed(texts[:64])  # load the encoder outside the timing
+    t0 = time.perf_counter()
+    embed(texts)
+    baseline = time.perf_counter() - t0
+    opts = FlywheelOptions(
+        min_examples=max(30, calls // 100),
+        specialists_dir=str(workdir / "specialists"),
+        promote_mode="shadow",
+        max_train=max_train,
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    run = run_flywheel(store, opts)
+    total = time.perf_counter() - t0
+    return {
+        "calls": calls,
+        "embed_baseline_s": round(baseline, 2),
+        "total_s": round(total, 2),
+        "stages": run.stages,
+        "promoted": len(run.promoted),
+        "clusters": len(run.clusters),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    ap.add_argument("--max-train", type=int, default=800)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        with tempfile.TemporaryDirectory() as d:
+            print(json.dumps(one_size(args.one, args.max_train, Path(d))))
+        return
+    rows = []
+    for n in args.sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--max-train", str(args.max_train)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(
+            f"\n{n:,} traces: {r['total_s']:.0f} s end to end, "
+            f"{r['clusters']} task types, {r['promoted']} promoted"
+        )
+        print(f"  baseline: embedding {n:,} texts took {r['embed_baseline_s']:.1f} s")
+        for stage, v in r["stages"].items():
+            ratio = v["seconds"] / r["embed_baseline_s"] if r["embed_baseline_s"] else float("nan")
+            print(
+                f"  {stage:<36} {v['seconds']:8.1f} s  ({ratio:5.2f}x baseline)  "
+                f"peak RSS {v['peak_rss_mb']:7.0f} MB"
+            )
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"\ngrowth {a['calls']:,} → {b['calls']:,} traces ({b['calls'] / a['calls']:.0f}x):")
+        for stage in b["stages"]:
+            ga = a["stages"].get(stage, {}).get("seconds") or float("nan")
+            print(f"  {stage:<36} {b['stages'][stage]['seconds'] / ga:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()
