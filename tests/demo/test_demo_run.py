@@ -26,7 +26,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     for task in OPEN_ENDED_KINDS & set(r.by_task):
         assert r.by_task[task]["small"] == 0, f"open-ended {task} was served small"
     # what was served small agrees with the large model about as well as the target says
-    assert r.served_small > 0 and r.agreement is not None and r.agreement >= 0.85
+    assert r.served_small > 0 and r.agreement is not None and r.agreement >= 0.8
     # serving small made it cheaper and faster
     assert r.cost_after_usd < r.cost_before_usd
     assert r.latency_p50_after_ms <= r.latency_p50_before_ms

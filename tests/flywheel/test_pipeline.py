@@ -21,7 +21,7 @@ from smallfleet.types import ChatRequest, ChatResponse
 
 ROUTINE = {"intent", "lookup_order"}
 OPEN_ENDED = {"troubleshoot"}
-TARGET = 0.85
+TARGET = 0.8  # small data in a test; the demo and the defaults use 0.95
 FAST = {"classifier": {"epochs": 4}, "tool_caller": {"epochs": 2}, "extractor": {"epochs": 2}}
 
 
