@@ -572,14 +572,7 @@ class Flywheel:
             drifted = agreement is not None and agreement < opts.target_accuracy
             if serving.data_hash == dhash or not (grown or drifted):
                 cres.status = "promoted"
-                cres.route = {
-                    "name": serving.name,
-                    "version": serving.version,
-                    "mode": serving.mode,
-                    "kind": serving.kind,
-                    "threshold": serving.threshold,
-                    "unchanged": True,
-                }
+                cres.route = _route_info(serving, unchanged=True)
                 cres.candidates.append(
                     CandidateResult(
                         kind=serving.kind,
@@ -655,14 +648,7 @@ class Flywheel:
                 if new_cov < old["coverage"]:
                     chosen.reason = f"serving v{serving.version} is better on the same test set"
                     cres.status = "promoted"
-                    cres.route = {
-                        "name": serving.name,
-                        "version": serving.version,
-                        "mode": serving.mode,
-                        "kind": serving.kind,
-                        "threshold": serving.threshold,
-                        "unchanged": True,
-                    }
+                    cres.route = _route_info(serving, unchanged=True)
                     return
         chosen.promoted = True
         cres.status = "promoted"
@@ -692,13 +678,7 @@ class Flywheel:
         )
         self.routes.promote(route, actor="flywheel")
         run.changes.append(f"promoted {route.name} v{route.version} ({route.kind}, {route.mode})")
-        cres.route = {
-            "name": route.name,
-            "version": route.version,
-            "mode": route.mode,
-            "kind": route.kind,
-            "threshold": route.threshold,
-        }
+        cres.route = _route_info(route)
 
     # -- results
 
@@ -811,6 +791,12 @@ class Flywheel:
                             ),
                         )
                     )
+
+
+def _route_info(route: Route, unchanged: bool = False) -> dict[str, Any]:
+    """What a cluster's result says about its route."""
+    info = {k: getattr(route, k) for k in ("name", "version", "mode", "kind", "threshold")}
+    return {**info, "unchanged": True} if unchanged else info
 
 
 def _split_by_time(
