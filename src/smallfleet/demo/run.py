@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DEMO_SPECIALIST_PARAMS", "DemoResult", "run_demo"]
+
+#: Training budgets that keep the demo to minutes on 2 CPU cores (the span models dominate).
+DEMO_SPECIALIST_PARAMS: dict[str, dict[str, Any]] = {
+    "tool_caller": {"max_steps": 150},
+    "extractor": {"max_steps": 150},
+}
 
 
 @dataclass
@@ -63,7 +69,7 @@ def run_demo(
     min_examples: int | None = None,
     usd_per_hour: float = 0.10,
     progress: bool = True,
-    max_train: int = 800,
+    max_train: int = 400,
     specialist_params: dict[str, dict[str, Any]] | None = None,
 ) -> DemoResult:
     from rich.console import Console
@@ -103,7 +109,7 @@ def run_demo(
         usd_per_hour=usd_per_hour,
         progress=progress,
         max_train=max_train,
-        specialist_params=specialist_params or {},
+        specialist_params=DEMO_SPECIALIST_PARAMS if specialist_params is None else specialist_params,
     )
     run = run_flywheel(store, opts)
 
