@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -175,5 +176,5 @@ def run_demo(
         escalations=escalations,
         seconds=time.perf_counter() - t_start,
     )
-    (work / "demo.json").write_text(__import__("json").dumps(result.to_dict(), indent=2))
+    (work / "demo.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -21,6 +21,7 @@ import logging
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -375,6 +376,7 @@ class Flywheel:
         self.routes = RouteStore(store.engine)
         self._results: list[ClusterResult] = []
         self._matchers: dict[int, dict[str, Any]] = {}
+        self._active_matcher: Any = None
 
     def run(self) -> FlywheelRun:
         opts = self.opts
@@ -476,7 +478,7 @@ class Flywheel:
         clustering: Any,
         progress: Any,
     ) -> None:
-        from smallfleet.routing.matcher import build_matchers
+        from smallfleet.routing.matcher import RouteMatcher, build_matchers
         from smallfleet.specialists.catalog import Budget, profile_task, select
 
         total_calls = max(len(kept), 1)
@@ -492,6 +494,11 @@ class Flywheel:
             "latency_p50_ms": _p50([r.latency_ms for r in noise]),
         }
         active = {r.name: r for r in self.routes.active()}
+        # one matcher over every active route, built once for the whole run
+        with_matchers = [(name, r.matcher) for name, r in active.items() if r.matcher]
+        self._active_matcher = (
+            RouteMatcher(with_matchers, encoder=self.opts.encoder) if with_matchers else None
+        )
         self._results = run.clusters
         self._matchers = build_matchers([r.request or {} for r in kept], clustering)
         task = progress.add_task("select, train, evaluate", total=len(by_cluster))
@@ -533,16 +540,14 @@ class Flywheel:
 
     def _route_name(self, info: Any, recs: list[TraceRecord], active: dict[str, Route]) -> str:
         """A stable name: the active route whose matcher claims most of this cluster, else a new slug."""
-        from smallfleet.routing.matcher import RouteMatcher
-
         sample = [r.request for r in recs[:50] if r.request]
-        for name, route in active.items():
-            if not route.matcher or not sample:
-                continue
-            matcher = RouteMatcher([(name, route.matcher)], encoder=self.opts.encoder)
-            hits = sum(1 for r in sample if matcher.match_dict(r) is not None)
-            if hits / len(sample) >= 0.6:
-                return name
+        if sample and self._active_matcher is not None:
+            votes = Counter(self._active_matcher.match_dict(r) for r in sample)
+            votes.pop(None, None)
+            if votes:
+                name, hits = votes.most_common(1)[0]
+                if hits / len(sample) >= 0.6:
+                    return name
         taken = {c.key for c in self._results}
         base = _slug(info.name)
         name, i = base, 2
