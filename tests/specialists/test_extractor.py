@@ -111,7 +111,7 @@ def field_scores(model: Extractor, examples: list[Example]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def trained() -> Extractor:
-    return Extractor(epochs=4, seed=0).fit(make(48, "train", seed=1))
+    return Extractor(seed=0).fit(make(48, "train", seed=1))
 
 
 @pytest.fixture(scope="module")

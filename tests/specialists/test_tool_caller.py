@@ -362,7 +362,7 @@ def _accuracy(model: ToolCaller, examples: list[Example]) -> float:
 @pytest.fixture(scope="module")
 def trained() -> ToolCaller:
     train = make(80, TRAIN_TOOLS, "train", seed=1, none_share=0.08)
-    return ToolCaller(epochs=4, seed=0).fit(train)
+    return ToolCaller(seed=0).fit(train)
 
 
 def test_held_out_wording_on_training_tools(trained: ToolCaller) -> None:

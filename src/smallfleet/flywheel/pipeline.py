@@ -52,6 +52,10 @@ __all__ = [
 log = logging.getLogger("smallfleet.flywheel")
 
 
+#: The lowest threshold a route gets: an answer with confidence 0 is never served.
+MIN_THRESHOLD = 1e-6
+
+
 @dataclass
 class FlywheelOptions:
     workload: str | None = None
@@ -330,6 +334,8 @@ def _evaluate_candidate(
     v_conf, v_ok, _ = _judge(spec, val, shape)
     min_kept = max(3, int(0.05 * len(val)))
     thr = threshold_for(v_conf, v_ok, opts.target_accuracy, min_kept=min_kept) if val else None
+    if thr is not None:
+        thr = max(thr, MIN_THRESHOLD)  # confidence 0 means "known wrong" (e.g. fails the schema): never kept
     cand.validation = {"n": len(val), "accuracy": (sum(v_ok) / len(v_ok)) if v_ok else None}
     t_conf, t_ok, _ = _judge(spec, test, shape)
     cand.curve = [

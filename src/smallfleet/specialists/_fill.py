@@ -7,6 +7,7 @@ read back into a typed value with a confidence.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,13 +43,36 @@ def candidates(param: Param, text: str) -> list[tuple[int, int]] | None:
     if param.kind in ("integer", "number"):
         spans = [(s, e) for s, e in word_ngrams(text, 3) if coerce(text[s:e], param) is not None]
     elif param.kind == "date":
-        spans = [(s, e) for s, e in word_ngrams(text, 5) if parse_date(text[s:e]) is not None]
+        runs = word_ngrams(text, 5)
+        spans = [(s, e) for s, e in runs if parse_date(text[s:e]) is not None]
+        if param.default_year is not None:  # a date without a year, where no date with one says it
+            spans += [
+                (s, e)
+                for s, e in runs
+                if parse_date(text[s:e], default_year=param.default_year) is not None
+                and not any(s < e2 and s2 < e for s2, e2 in spans)
+            ]
+    elif param.kind == "span" and isinstance(param.schema.get("pattern"), str):
+        pattern = _compiled(param.schema["pattern"])
+        if pattern is None:
+            return None
+        # a string with a pattern (an id, a code): only the runs of words that match it
+        spans = [(s, e) for s, e in word_ngrams(text, 4) if pattern.search(text[s:e])]
+        return spans or None
     else:
         return None
     # the shortest runs: "10", not "10 and"
     return [
         (s, e) for s, e in spans if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in spans)
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # JSON Schema patterns are ECMA 262; what Python cannot read is not used
+        return None
 
 
 def _value_spans(text: str, value: Any, param: Param) -> list[tuple[int, int]]:
@@ -131,7 +155,7 @@ def _read(span: str, start: int, end: int, prm: Param, text: str) -> Any:
         return text[qs:qe]
     value = coerce(span, prm)
     if kind in ("integer", "number", "date") and (value is None or (kind == "date" and value == span)):
-        snapped = snap_span(text, start, end, "date" if kind == "date" else "number")
+        snapped = snap_span(text, start, end, "date" if kind == "date" else "number", prm.default_year)
         if snapped is not None:
             value = coerce(text[snapped[0] : snapped[1]], prm)
     return value

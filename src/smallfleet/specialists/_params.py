@@ -64,6 +64,7 @@ class Param:
     schema: dict[str, Any]
     required: bool
     owner: str = ""  # the tool's name, or "" for an extractor's object
+    default_year: int | None = None  # the year of a date said without one ("Jan 30")
 
     @property
     def type(self) -> str:
@@ -128,7 +129,7 @@ def coerce(text: str, param: Param) -> Any:
     if kind == "number":
         return parse_number(text)
     if kind == "date":
-        return parse_date(text) or text
+        return parse_date(text, default_year=param.default_year) or text
     if kind == "boolean":
         return parse_bool(text)
     if kind == "array":

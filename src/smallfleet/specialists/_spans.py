@@ -1,17 +1,20 @@
 """The encoder machinery both extractive specialists share: spans and choices on one encoder.
 
 One pretrained sentence encoder (the bundled all-MiniLM-L6-v2 by default) reads a
-pair ``query [SEP] text``, where the query describes what is wanted ("location
-(string): the city and state, e.g. San Francisco, CA") and the text is the user's.
-Two small heads sit on it:
+*pack*: every query asked of one text, then the text, ``q1 | q2 | … [SEP] text``.
+A query describes what is wanted ("location (string): the city and state, e.g. San
+Francisco, CA") and is represented by the mean of its own tokens' states, so one
+forward pass answers all the fields of an object or all the arguments of a call
+(a pack is split only when the queries do not fit beside the text). Two small heads:
 
-* a **span head**: start and end logits over the text's tokens, plus a "no answer"
-  option at the ``[CLS]`` position, trained with cross-entropy (a soft target when
-  the value occurs several times or there are several values). Spans are mapped
-  back to the original text with the tokenizer's offsets, so casing and
-  punctuation are kept.
-* a **choice head**: one score per pair; a group of pairs sharing a text (the
-  tools of a request, the values of an enum, true/false) is a softmax over the
+* a **span head**: each token's start and end logits are its state's product with a
+  projection of the query's vector (plus a query-free prior), over the text's tokens
+  and a "no answer" option at ``[CLS]``; trained with cross-entropy (a soft target
+  when the value occurs several times or there are several values). Spans are mapped
+  back to the original text with the tokenizer's offsets, so casing and punctuation
+  are kept.
+* a **choice head**: one score per query from its vector and the text's; a group of
+  queries sharing a text (the values of an enum, true/false) is a softmax over the
   group, trained with cross-entropy.
 
 Because everything is conditioned on a *description*, the model carries over to
@@ -33,6 +36,7 @@ from smallfleet._extras import require
 __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
 
 MAX_QUERY_CHARS = 400
+QUERY_SEP = " | "
 HEADS_FILE = "heads.safetensors"
 ENGINE_FILE = "engine.json"
 
@@ -89,6 +93,7 @@ class EncoderEngine:
         base: str | None = None,
         *,
         max_length: int = 256,
+        pack: int | None = None,
         train_layers: int | None = None,
         threads: int | None = None,
         seed: int = 0,
@@ -102,6 +107,7 @@ class EncoderEngine:
             torch.set_num_threads(threads)
         self.base = base or default_encoder()
         self.max_length = max_length
+        self.pack = pack  # the most decisions one pass answers (None: all that fit; 1: one per pass)
         self.train_layers = train_layers
         path = _path or self.base
         transformers.utils.logging.disable_progress_bar()
@@ -115,48 +121,216 @@ class EncoderEngine:
             {
                 "backbone": backbone,
                 "span": nn.Linear(hidden, 2),
+                "start": nn.Linear(hidden, hidden),
+                "end": nn.Linear(hidden, hidden),
                 "choice": nn.Sequential(nn.Dropout(0.1), nn.Linear(2 * hidden, 1)),
             }
         )
         self.net.eval()
+        self._qlen_cache: dict[str, int] = {}
+
+    # ------------------------------------------------------------ packing
+
+    def _qlens(self, queries: Sequence[str]) -> list[int]:
+        """Token counts of queries (cached: the same field queries come back on every request)."""
+        todo = [q for q in dict.fromkeys(queries) if q not in self._qlen_cache]
+        if todo:
+            ids = self.tokenizer([_query(q) for q in todo], add_special_tokens=False)["input_ids"]
+            for q, x in zip(todo, ids, strict=True):
+                self._qlen_cache[q] = len(x)
+        return [self._qlen_cache[q] for q in queries]
+
+    def _packs(
+        self, text: str, queries: Sequence[str], groups: Sequence[int] | None = None
+    ) -> list[list[int]]:
+        """Split the queries asked of one text into packs that fit, each answered in one pass.
+
+        Returns lists of query indices; the queries of a ``groups`` id (a choice group) stay
+        together where they fit. The text gets the room it needs first.
+        """
+        n_text = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        budget = max(48, self.max_length - 3 - min(n_text, self.max_length // 2))
+        lens = self._qlens(queries)
+        units: list[list[int]] = []
+        for k in range(len(queries)):
+            if groups is not None and units and groups[k] is not None and groups[units[-1][-1]] == groups[k]:
+                units[-1].append(k)
+            else:
+                units.append([k])
+        packs: list[list[int]] = []
+        cur: list[int] = []
+        used = 0
+        for unit in units:
+            cost = sum(lens[k] + 1 for k in unit)
+            if cur and (
+                used + cost > budget or (self.pack is not None and _n_units(cur, groups) >= self.pack)
+            ):
+                packs.append(cur)
+                cur, used = [], 0
+            if cost > budget:  # a group too large for one pack: split it
+                for k in unit:
+                    if cur and used + lens[k] + 1 > budget:
+                        packs.append(cur)
+                        cur, used = [], 0
+                    cur.append(k)
+                    used += lens[k] + 1
+                continue
+            cur += unit
+            used += cost
+        if cur:
+            packs.append(cur)
+        return packs
 
     # ------------------------------------------------------------ forward
 
-    def _encode(self, queries: Sequence[str], texts: Sequence[str]) -> Any:
-        return self.tokenizer(
-            [_query(q) for q in queries],
-            list(texts),
+    def _encode(
+        self, packs: Sequence[tuple[Sequence[str], str, Sequence[int | None] | None]]
+    ) -> tuple[Any, list[list[tuple[int, int]]]]:
+        """Tokenise ``(queries, text, groups)`` packs as ``q1 | q2 | … [SEP] text``.
+
+        Returns, per pack, the char range of each query's pooled part. The queries of one
+        choice group (``"reason: why = damaged"``, ``"reason: why = wrong item"``) are
+        written once with their shared prefix (``reason: why = damaged | wrong item``), and
+        each is pooled over its value only, so the values are told apart, not averaged away.
+        """
+        firsts, ranges = [], []
+        for queries, _, groups in packs:
+            qs = [_query(q) for q in queries]
+            prefix = _group_prefixes(qs, groups)
+            parts, spans, at = [], [], 0
+            for k, q in enumerate(qs):
+                p = prefix[k]
+                shared = (
+                    k > 0 and p and groups is not None and groups[k] == groups[k - 1] and prefix[k - 1] == p
+                )
+                written = q[len(p) :] if shared else q
+                start = at if shared else at + len(p)
+                spans.append((start, at + len(written)))
+                parts.append(written)
+                at += len(written) + len(QUERY_SEP)
+            firsts.append(QUERY_SEP.join(parts))
+            ranges.append(spans)
+        enc = self.tokenizer(
+            firsts,
+            [t for _, t, _ in packs],
             truncation="only_second",
             max_length=self.max_length,
             padding=True,
             return_offsets_mapping=True,
             return_tensors="pt",
         )
+        return enc, ranges
 
-    def _hidden(self, enc: Any) -> Any:
+    def _forward(self, enc: Any, ranges: list[list[tuple[int, int]]]) -> tuple[Any, Any, Any, Any]:
+        """One pass: each query's start and end logits over its pack (text tokens and [CLS] only,
+        [CLS] being "no answer") and its choice score.
+
+        A query is represented by the mean of its own tokens' states; a token's start (end)
+        logit is its state's product with a projection of that query vector.
+        """
+        import numpy as np
+
+        torch = require("torch", "local")
         inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        return self.net["backbone"](**inputs).last_hidden_state
-
-    def _span_logits(self, enc: Any, hidden: Any) -> tuple[Any, Any, Any]:
-        """Start and end logits with everything but the text's tokens and [CLS] masked out."""
-        torch = require("torch", "local")
-        logits = self.net["span"](hidden)
-        allowed = torch.zeros(hidden.shape[:2], dtype=torch.bool)
-        for i in range(hidden.shape[0]):
-            ids = enc.sequence_ids(i)
-            allowed[i] = torch.tensor([s == 1 for s in ids])
-        allowed[:, 0] = True
-        start = logits[..., 0].masked_fill(~allowed, -1e4)
-        end = logits[..., 1].masked_fill(~allowed, -1e4)
-        return start, end, allowed
-
-    def _choice_scores(self, enc: Any, hidden: Any) -> Any:
-        torch = require("torch", "local")
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.net["choice"](torch.cat([hidden[:, 0], mean], dim=-1)).squeeze(-1)
+        hidden = self.net["backbone"](**inputs).last_hidden_state  # B, T, H
+        b, t, h = hidden.shape
+        offsets = enc["offset_mapping"].numpy()
+        n_q = sum(len(r) for r in ranges)
+        pool = np.zeros((n_q, b * t), dtype=np.float32)
+        text_pool = np.zeros((n_q, b * t), dtype=np.float32)
+        allowed = np.zeros((n_q, t), dtype=bool)
+        rows = np.zeros(n_q, dtype=np.int64)
+        q = 0
+        for i, spans in enumerate(ranges):
+            seq = np.array([-1 if s is None else s for s in enc.sequence_ids(i)])
+            real = offsets[i, :, 1] > offsets[i, :, 0]
+            in_text = (seq == 1) & real
+            text_w = in_text / max(1, in_text.sum())
+            ok = in_text.copy()
+            ok[0] = True
+            for qs, qe in spans:
+                m = (seq == 0) & real & (offsets[i, :, 0] >= qs) & (offsets[i, :, 1] <= qe)
+                if not m.any():  # a query cut by truncation: its separator's neighbourhood
+                    m = (seq == 0) & real
+                pool[q, i * t : (i + 1) * t] = m / m.sum()
+                text_pool[q, i * t : (i + 1) * t] = text_w
+                allowed[q] = ok
+                rows[q] = i
+                q += 1
+        flat = hidden.reshape(b * t, h)
+        qvec = torch.from_numpy(pool) @ flat  # Q, H
+        tvec = torch.from_numpy(text_pool) @ flat  # Q, H
+        per_row = hidden[torch.from_numpy(rows)]  # Q, T, H
+        scale = h**-0.5
+        prior = self.net["span"](hidden)[torch.from_numpy(rows)]  # Q, T, 2: what reads as a value at all
+        start = torch.einsum("qth,qh->qt", per_row, self.net["start"](qvec)) * scale + prior[..., 0]
+        end = torch.einsum("qth,qh->qt", per_row, self.net["end"](qvec)) * scale + prior[..., 1]
+        mask = torch.from_numpy(allowed)
+        start = start.masked_fill(~mask, -1e4)
+        end = end.masked_fill(~mask, -1e4)
+        choice = self.net["choice"](torch.cat([qvec, tvec], dim=-1)).squeeze(-1)
+        return start, end, choice, rows
 
     # ------------------------------------------------------------ training
+
+    def _train_units(
+        self, span_items: Sequence[SpanItem], choice_items: Sequence[ChoiceItem]
+    ) -> list[list[tuple[list[tuple[str, Any]], str]]]:
+        """Training units: the packs of everything asked of one text (span queries and choice
+        groups, as :meth:`answer` packs them), with what each query should answer; a unit's
+        packs always share a batch."""
+        by_text: dict[str, tuple[list[SpanItem], list[ChoiceItem]]] = {}
+        for si in span_items:
+            by_text.setdefault(si.text, ([], []))[0].append(si)
+        for ci in choice_items:
+            by_text.setdefault(ci.text, ([], []))[1].append(ci)
+        units = []
+        for text, (spans, choices) in by_text.items():
+            slots: list[tuple[str, Any]] = [(si.query, ("span", si.spans)) for si in spans]
+            slots += [
+                (q, ("choice", (g, 1.0 / len(c.targets) if k in c.targets else 0.0)))
+                for g, c in enumerate(choices)
+                for k, q in enumerate(c.queries)
+            ]
+            groups = [_slot_group(t) for _, t in slots]
+            packs = self._packs(text, [q for q, _ in slots], groups)
+            units.append([([slots[k] for k in pack], text) for pack in packs])
+        return units
+
+    def _loss(self, packs: Sequence[tuple[list[tuple[str, Any]], str]]) -> Any:
+        torch = require("torch", "local")
+        enc, ranges = self._encode(
+            [([q for q, _ in slots], text, [_slot_group(t) for _, t in slots]) for slots, text in packs]
+        )
+        start, end, choice, _ = self._forward(enc, ranges)
+        span_losses, groups = [], {}
+        q = 0
+        for i, (slots, text) in enumerate(packs):
+            for _, (kind, target) in slots:
+                if kind == "span":
+                    toks = [_char_to_tokens(enc, i, s, e) for s, e in target]
+                    toks = [x for x in toks if x is not None] or [(0, 0)]
+                    ts = torch.zeros(start.shape[1])
+                    te = torch.zeros(start.shape[1])
+                    for s, e in toks:
+                        ts[s] += 1.0 / len(toks)
+                        te[e] += 1.0 / len(toks)
+                    ls = -(ts * torch.log_softmax(start[q], -1)).sum()
+                    le = -(te * torch.log_softmax(end[q], -1)).sum()
+                    span_losses.append((ls + le) / 2)
+                else:
+                    g, weight = target
+                    groups.setdefault((text, g), []).append((q, weight))
+                q += 1
+        loss = torch.stack(span_losses).mean() if span_losses else choice.sum() * 0.0
+        if groups:
+            choice_losses = []
+            for members in groups.values():
+                idx = torch.tensor([m for m, _ in members])
+                target = torch.tensor([w for _, w in members])
+                choice_losses.append(-(target * torch.log_softmax(choice[idx], -1)).sum())
+            loss = loss + torch.stack(choice_losses).mean()
+        return loss
 
     def fit(
         self,
@@ -172,21 +346,25 @@ class EncoderEngine:
         description: str = "training",
         max_steps: int | None = None,
     ) -> list[float]:
-        """Train both heads (and the encoder) jointly; returns the mean loss of each epoch.
+        """Train the heads (and the encoder's top layers) on all items; the mean loss of each epoch.
 
-        ``max_steps`` caps the optimizer steps: on large data each epoch then sees a fresh
-        random share of the items, so training time stays bounded.
+        Every query asked of one text is answered in the same pass; a step takes texts
+        until it holds ``batch_size`` decisions (a span query, a choice group). ``max_steps`` caps the
+        optimizer steps: on large data each epoch then sees a fresh random share of the
+        texts, so training time stays bounded.
         """
         torch = require("torch", "local")
         rng = random.Random(seed)
         torch.manual_seed(seed)
-        span_batches_per_epoch = math.ceil(len(span_items) / batch_size) if span_items else 0
-        choice_batches = _pack_groups(choice_items, batch_size * 2)
-        steps_per_epoch = span_batches_per_epoch + len(choice_batches)
+        units = self._train_units(span_items, choice_items)
+        if not units:
+            return []
+        n_decisions = sum(_decisions(unit) for unit in units)
+        steps_per_epoch = max(1, math.ceil(n_decisions / batch_size))
         per_epoch = steps_per_epoch
         if max_steps is not None and steps_per_epoch * epochs > max_steps:
             per_epoch = max(1, max_steps // max(1, epochs))
-        total = max(1, min(steps_per_epoch, per_epoch) * epochs)
+        total = max(1, per_epoch * epochs)
         head_params = [p for n, p in self.net.named_parameters() if not n.startswith("backbone.")]
         opt = torch.optim.AdamW(
             [
@@ -205,19 +383,20 @@ class EncoderEngine:
         try:
             task = bar.add_task(description, total=total) if bar else None
             for _ in range(epochs):
-                spans = list(span_items)
-                rng.shuffle(spans)
-                batches: list[tuple[str, Any]] = [
-                    ("span", spans[i : i + batch_size]) for i in range(0, len(spans), batch_size)
-                ]
-                groups = list(choice_items)
-                rng.shuffle(groups)
-                batches += [("choice", b) for b in _pack_groups(groups, batch_size * 2)]
-                rng.shuffle(batches)
-                batches = batches[:per_epoch]
+                order = list(units)
+                rng.shuffle(order)
+                batches: list[list[Any]] = [[]]
+                n_q = 0
+                for unit in order:
+                    if n_q >= batch_size:
+                        batches.append([])
+                        n_q = 0
+                    batches[-1] += unit
+                    n_q += _decisions(unit)
+                batches = [b for b in batches if b][:per_epoch]
                 epoch_loss = 0.0
-                for kind, batch in batches:
-                    loss = self._span_loss(batch) if kind == "span" else self._choice_loss(batch)
+                for batch in batches:
+                    loss = self._loss(batch)
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -233,109 +412,87 @@ class EncoderEngine:
             self.net.eval()
         return losses
 
-    def _span_loss(self, batch: Sequence[SpanItem]) -> Any:
-        torch = require("torch", "local")
-        enc = self._encode([b.query for b in batch], [b.text for b in batch])
-        hidden = self._hidden(enc)
-        start, end, _ = self._span_logits(enc, hidden)
-        t_start = torch.zeros_like(start)
-        t_end = torch.zeros_like(end)
-        for i, item in enumerate(batch):
-            toks = [_char_to_tokens(enc, i, s, e) for s, e in item.spans]
-            toks = [t for t in toks if t is not None]
-            if not toks:
-                t_start[i, 0] = 1.0
-                t_end[i, 0] = 1.0
-                continue
-            for s, e in toks:
-                t_start[i, s] += 1.0 / len(toks)
-                t_end[i, e] += 1.0 / len(toks)
-        ls = -(t_start * torch.log_softmax(start, -1)).sum(-1)
-        le = -(t_end * torch.log_softmax(end, -1)).sum(-1)
-        return ((ls + le) / 2).mean()
-
-    def _choice_loss(self, groups: Sequence[ChoiceItem]) -> Any:
-        torch = require("torch", "local")
-        queries = [q for g in groups for q in g.queries]
-        texts = [g.text for g in groups for _ in g.queries]
-        enc = self._encode(queries, texts)
-        scores = self._choice_scores(enc, self._hidden(enc))
-        losses = []
-        at = 0
-        for g in groups:
-            s = scores[at : at + len(g.queries)]
-            at += len(g.queries)
-            target = torch.zeros_like(s)
-            target[g.targets] = 1.0 / len(g.targets)
-            losses.append(-(target * torch.log_softmax(s, -1)).sum())
-        return torch.stack(losses).mean()
-
     # ------------------------------------------------------------ inference
 
-    def extract(
+    def _run_packs(
+        self, packs: list[tuple[list[int], list[str], str, list[int] | None]], batch_size: int
+    ) -> dict[int, tuple[Any, int, Any, Any, float]]:
+        """Forward every pack; for each query index: (enc, row, start probs, end probs, choice score)."""
+        torch = require("torch", "local")
+        out: dict[int, tuple[Any, int, Any, Any, float]] = {}
+        order = sorted(range(len(packs)), key=lambda p: sum(map(len, packs[p][1])) + len(packs[p][2]))
+        with torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                batch = [packs[p] for p in order[b : b + batch_size]]
+                enc, ranges = self._encode([(qs, text, groups) for _, qs, text, groups in batch])
+                start, end, choice, rows = self._forward(enc, ranges)
+                ps = torch.softmax(start, -1).numpy()
+                pe = torch.softmax(end, -1).numpy()
+                scores = choice.tolist()
+                q = 0
+                for ids, _, _, _ in batch:
+                    for k in ids:
+                        out[k] = (enc, int(rows[q]), ps[q], pe[q], scores[q])
+                        q += 1
+        return out
+
+    def answer(
         self,
         pairs: Sequence[tuple[str, str]],
+        groups: Sequence[tuple[Sequence[str], str]] = (),
         *,
         max_answer_tokens: int = 32,
         multi_threshold: float = 0.2,
         max_spans: int = 8,
-        batch_size: int = 64,
+        batch_size: int = 32,
         candidates: Sequence[list[tuple[int, int]] | None] | None = None,
-    ) -> list[SpanResult]:
-        """For each (query, text): the spans that answer it, best first (several when confident).
+    ) -> tuple[list[SpanResult], list[list[float]]]:
+        """Span queries and choice groups together: everything asked of one text in one pass.
 
-        ``candidates[i]``, when not None, lists the character spans allowed for pair i (e.g. only
-        the runs of words that read as a number): the model then ranks those, never others.
+        For each (query, text) of ``pairs``: the spans that answer it, best first (several
+        when confident); ``candidates[i]``, when not None, lists the character spans allowed
+        for pair i (e.g. only the runs of words that read as a number), and the model then
+        ranks those, never others. For each (queries, text) of ``groups``: the softmax over
+        the queries' scores.
         """
-        torch = require("torch", "local")
-        out: list[SpanResult | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
-                idx = order[b : b + batch_size]
-                enc = self._encode([pairs[i][0] for i in idx], [pairs[i][1] for i in idx])
-                start, end, _ = self._span_logits(enc, self._hidden(enc))
-                ps = torch.softmax(start, -1).numpy()
-                pe = torch.softmax(end, -1).numpy()
-                for row, i in enumerate(idx):
-                    out[i] = _decode(
-                        enc,
-                        row,
-                        pairs[i][1],
-                        ps[row],
-                        pe[row],
-                        max_answer_tokens,
-                        multi_threshold,
-                        max_spans,
-                        None if candidates is None else candidates[i],
-                    )
-        return [r for r in out if r is not None]
+        asked = [(q, text, None) for q, text in pairs]
+        asked += [(q, text, g) for g, (qs, text) in enumerate(groups) for q in qs]
+        by_text: dict[str, list[int]] = {}
+        for k, (_, text, _) in enumerate(asked):
+            by_text.setdefault(text, []).append(k)
+        packs = []
+        for text, idx in by_text.items():
+            for pack in self._packs(text, [asked[k][0] for k in idx], [asked[k][2] for k in idx]):
+                ids = [idx[k] for k in pack]
+                packs.append((ids, [asked[k][0] for k in ids], text, [asked[k][2] for k in ids]))
+        ran = self._run_packs(packs, batch_size)
+        spans = []
+        for i, (_, text) in enumerate(pairs):
+            enc, row, ps, pe, _ = ran[i]
+            allowed = None if candidates is None else candidates[i]
+            spans.append(
+                _decode(enc, row, text, ps, pe, max_answer_tokens, multi_threshold, max_spans, allowed)
+            )
+        probs = []
+        at = len(pairs)
+        for qs, _ in groups:
+            sc = [ran[at + j][4] for j in range(len(qs))]
+            at += len(qs)
+            m = max(sc) if sc else 0.0
+            ex = [math.exp(v - m) for v in sc]
+            z = sum(ex) or 1.0
+            probs.append([v / z for v in ex])
+        return spans, probs
+
+    def extract(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> list[SpanResult]:
+        """The spans answering each (query, text) (see :meth:`answer`)."""
+        return self.answer(pairs, (), **kwargs)[0]
 
     def choose(
-        self, groups: Sequence[tuple[Sequence[str], str]], *, batch_size: int = 64
+        self, groups: Sequence[tuple[Sequence[str], str]], *, batch_size: int = 32
     ) -> list[list[float]]:
-        """For each (queries, text): the softmax over the queries' scores."""
-        torch = require("torch", "local")
-        flat = [(q, t) for qs, t in groups for q in qs]
-        scores: list[float] = [0.0] * len(flat)
-        order = sorted(range(len(flat)), key=lambda i: len(flat[i][0]) + len(flat[i][1]))
-        with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
-                idx = order[b : b + batch_size]
-                enc = self._encode([flat[i][0] for i in idx], [flat[i][1] for i in idx])
-                s = self._choice_scores(enc, self._hidden(enc)).tolist()
-                for j, i in enumerate(idx):
-                    scores[i] = s[j]
-        out = []
-        at = 0
-        for qs, _ in groups:
-            s = scores[at : at + len(qs)]
-            at += len(qs)
-            m = max(s) if s else 0.0
-            ex = [math.exp(v - m) for v in s]
-            z = sum(ex) or 1.0
-            out.append([v / z for v in ex])
-        return out
+        """For each (queries, text): the softmax over the queries' scores (see :meth:`answer`)."""
+        return self.answer((), groups, batch_size=batch_size)[1]
 
     # ------------------------------------------------------------ persistence
 
@@ -351,6 +508,7 @@ class EncoderEngine:
         }
         st.save_file(heads, str(directory / HEADS_FILE))
         cfg = {"base": self.base, "max_length": self.max_length, "train_layers": self.train_layers}
+        cfg["pack"] = self.pack
         (directory / ENGINE_FILE).write_text(json.dumps(cfg))
 
     @classmethod
@@ -360,6 +518,7 @@ class EncoderEngine:
         eng = cls(
             cfg["base"],
             max_length=cfg["max_length"],
+            pack=cfg.get("pack"),
             train_layers=cfg.get("train_layers"),
             threads=threads,
             _path=str(directory / "encoder"),
@@ -372,6 +531,52 @@ class EncoderEngine:
             )
         eng.net.eval()
         return eng
+
+
+def _n_units(members: Sequence[int], groups: Sequence[int | None] | None) -> int:
+    """How many decisions the queries ``members`` make: each span query one, each choice group one."""
+    if groups is None:
+        return len(members)
+    return sum(1 for k in members if groups[k] is None) + len({groups[k] for k in members} - {None})
+
+
+def _decisions(unit: Sequence[tuple[list[tuple[str, Any]], str]]) -> int:
+    """What a training unit teaches: one decision per span query and per choice group."""
+    spans = sum(1 for slots, _ in unit for _, (kind, _) in slots if kind == "span")
+    groups = {t[1][0] for slots, _ in unit for _, t in slots if t[0] == "choice"}
+    return spans + len(groups)
+
+
+def _slot_group(target: Any) -> int | None:
+    kind, value = target
+    return value[0] if kind == "choice" else None
+
+
+def _group_prefixes(queries: Sequence[str], groups: Sequence[int | None] | None) -> list[str]:
+    """Each query's prefix shared with the rest of its choice group (up to its last ``" = "``)."""
+    out = [""] * len(queries)
+    if groups is None:
+        return out
+    members: dict[int, list[int]] = {}
+    for k, g in enumerate(groups):
+        if g is not None:
+            members.setdefault(g, []).append(k)
+    for ks in members.values():
+        if len(ks) < 2:
+            continue
+        common = min(queries[k] for k in ks)
+        for k in ks:  # the common prefix, character by character
+            q = queries[k]
+            n = next(
+                (i for i, (a, b) in enumerate(zip(common, q, strict=False)) if a != b),
+                min(len(common), len(q)),
+            )
+            common = common[:n]
+        cut = common.rfind(" = ")
+        if cut > 0:
+            for k in ks:
+                out[k] = common[: cut + 3]
+    return out
 
 
 def _freeze_below(backbone: Any, train_layers: int | None) -> None:

@@ -35,14 +35,16 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
 _SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000}
 _SUFFIX = {"k": 1000, "m": 1_000_000, "mn": 1_000_000, "bn": 1_000_000_000, "b": 1_000_000_000}
 _NUM_RE = re.compile(
-    r"^[~≈]?\s*(?P<sign>[-+−])?\s*(?:[$€£¥₹]|usd|eur|gbp)?\s*(?P<num>\d{1,3}(?:[,\s’']\d{3})+(?:\.\d+)?|\d*\.\d+|\d+)"
+    r"^[~≈]?\s*(?P<sign>[-+−])?\s*(?:[$€£¥₹]|usd|eur|gbp)?\s*(?P<num>\d{1,3}(?:[,\s’']\d{3})+(?:\.\d+)?|\d{1,3}(?:[.\s]\d{3})*,\d{1,2}|\d*\.\d+|\d+)"
     r"\s*(?P<suf>k|m|mn|bn|b)?\b\.?\s*(?:[$€£¥₹%]|[a-z]{0,12})?$",
     re.IGNORECASE,
 )
 
 
 def parse_number(text: str) -> int | float | None:
-    """The number ``text`` spells (``"1,200"``, ``"$3.50"``, ``"3.5k"``, ``"twenty-one"``), else None.
+    """The number ``text`` spells (``"1,200"``, ``"$3.50"``, ``"12,50 EUR"``, ``"3.5k"``, ``"twenty-one"``).
+
+    None when it spells none.
 
     An integral value is returned as ``int`` unless the text has a decimal point.
     """
@@ -51,7 +53,10 @@ def parse_number(text: str) -> int | float | None:
         return None
     m = _NUM_RE.match(s)
     if m:
-        raw = re.sub(r"[,\s’']", "", m["num"])
+        num = m["num"]
+        if re.search(r",\d{1,2}$", num):  # a decimal comma: "12,50", "1.299,99"
+            num = re.sub(r"[.\s]", "", num).replace(",", ".")
+        raw = re.sub(r"[,\s’']", "", num)
         value: int | float = float(raw) if "." in raw else int(raw)
         if m["suf"]:
             value = value * _SUFFIX[m["suf"].lower()]
@@ -119,8 +124,8 @@ _YEAR = r"(?P<year>\d{4}|'\d{2})"
 _DATE_RES = [
     re.compile(r"^(?P<year>\d{4})[-/.](?P<mon>\d{1,2})[-/.](?P<day>\d{1,2})(?:[T ][\d:.]+Z?)?$"),
     re.compile(r"^(?P<a>\d{1,2})[/.-](?P<b>\d{1,2})[/.-](?P<year>\d{4}|\d{2})$"),
-    re.compile(rf"^(?:the\s+)?{_DAY}\s*(?:of\s+)?{_MONTH},?\s*{_YEAR}$", re.IGNORECASE),
-    re.compile(rf"^{_MONTH}\s*(?:the\s+)?{_DAY},?\s*{_YEAR}$", re.IGNORECASE),
+    re.compile(rf"^(?:the\s+)?{_DAY}\s*(?:of\s+)?{_MONTH}(?:,?\s*{_YEAR})?$", re.IGNORECASE),
+    re.compile(rf"^{_MONTH}\s*(?:the\s+)?{_DAY}(?:,?\s*{_YEAR})?$", re.IGNORECASE),
 ]
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -129,11 +134,12 @@ def is_iso_date(value: Any) -> bool:
     return isinstance(value, str) and bool(ISO_DATE.match(value)) and parse_date(value) == value
 
 
-def parse_date(text: str, day_first: bool = False) -> str | None:
+def parse_date(text: str, day_first: bool = False, default_year: int | None = None) -> str | None:
     """The ISO 8601 date (``YYYY-MM-DD``) ``text`` writes, in a common format, else None.
 
     ``2024-03-05``, ``03/05/2024`` (month first unless ``day_first`` or the first number
-    is over 12), ``5 March 2024``, ``5th of March, 2024``, ``March 5, 2024``, ``Mar. 5th '24``.
+    is over 12), ``5 March 2024``, ``5th of March, 2024``, ``March 5, 2024``, ``Mar. 5th '24``;
+    with a ``default_year``, also a month and day without one (``Jan 30``, ``the 5th of March``).
     """
     s = text.strip().strip('.,;:!?()[]"').strip()
     for i, rx in enumerate(_DATE_RES):
@@ -141,6 +147,10 @@ def parse_date(text: str, day_first: bool = False) -> str | None:
         if not m:
             continue
         year = m["year"]
+        if year is None:
+            if default_year is None:
+                return None
+            year = str(default_year)
         y = int(year.lstrip("'"))
         if len(year.lstrip("'")) == 2:
             y += 2000
@@ -194,13 +204,18 @@ def word_ngrams(text: str, max_words: int = 8) -> list[tuple[int, int]]:
     return out
 
 
-def snap_span(text: str, start: int, end: int, kind: str) -> tuple[int, int] | None:
+def snap_span(
+    text: str, start: int, end: int, kind: str, default_year: int | None = None
+) -> tuple[int, int] | None:
     """The run of words around ``text[start:end]`` that reads as a ``kind`` ("date" or "number").
 
     A span model may stop inside ``2025-11-26`` or take only ``March 5``; the overlapping
     word run that parses (the longest) is what was meant. None when none overlaps.
     """
-    parse = parse_date if kind == "date" else parse_number
+
+    def parse(t: str) -> Any:
+        return parse_date(t, default_year=default_year) if kind == "date" else parse_number(t)
+
     best: tuple[int, int] | None = None
     for s, e in word_ngrams(text, 5 if kind == "date" else 3):
         if (
@@ -244,7 +259,10 @@ def find_value_spans(text: str, value: Any, kind: str = "string") -> list[tuple[
         hits = [(s, e) for s, e in word_ngrams(text, 4) if _num_eq(parse_number(text[s:e]), target)]
         return _minimal(hits)
     if kind == "date":
-        hits = [(s, e) for s, e in word_ngrams(text, 5) if parse_date(text[s:e]) == value]
+        runs = word_ngrams(text, 5)
+        hits = [(s, e) for s, e in runs if parse_date(text[s:e]) == value]
+        if not hits and is_iso_date(value):  # "Jan 30" says 2026-01-30 in 2026
+            hits = [(s, e) for s, e in runs if parse_date(text[s:e], default_year=int(value[:4])) == value]
         return _minimal(hits)
     v = str(value).strip()
     if not v:

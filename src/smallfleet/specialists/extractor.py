@@ -37,7 +37,7 @@ from smallfleet.specialists._fill import (
 )
 from smallfleet.specialists._params import Param
 from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, SpanItem
-from smallfleet.specialists._values import find_value_spans
+from smallfleet.specialists._values import find_value_spans, is_iso_date
 from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistMeta, data_hash
 from smallfleet.types import ChatRequest, ChatResponse
 
@@ -94,6 +94,7 @@ class Extractor(Specialist):
         max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
+        pack: int | None = 1,
         enum_max: int = 12,
         threads: int | None = None,
         seed: int = 0,
@@ -108,6 +109,7 @@ class Extractor(Specialist):
             "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
+            "pack": pack,
             "enum_max": enum_max,
             "seed": seed,
         }
@@ -124,14 +126,17 @@ class Extractor(Specialist):
         if self._engine is None:
             p = self.params
             self._engine = EncoderEngine(
-                self.base, max_length=p["max_length"], train_layers=p["train_layers"], threads=self.threads,
+                self.base, max_length=p["max_length"], train_layers=p["train_layers"], pack=p["pack"],
+                threads=self.threads,
                 seed=p["seed"],
             )  # fmt: skip
             self.meta.base_model = self._engine.base
         return self._engine
 
     def _param(self, f: dict[str, Any]) -> Param:
-        return Param(f["name"], f["schema"], f["required"])
+        # a required field the teacher may write as null is, for deciding it, optional: "no answer" is null
+        required = f["required"] and not f.get("nullable", False)
+        return Param(f["name"], f["schema"], required, default_year=f.get("default_year"))
 
     # ------------------------------------------------------------ training
 
@@ -205,12 +210,16 @@ class Extractor(Specialist):
             nulls = sum(1 for obj in objs if name in obj and obj[name] is None)
             missing = sum(1 for obj in objs if name not in obj)
             values = Counter(json.dumps(v, sort_keys=True) for _, v in present)
+            # a date said without a year ("Jan 30") is in the year the teacher's dates mostly are
+            years = Counter(v[:4] for _, v in present if is_iso_date(v))
             fields.append(
                 {
                     "name": name,
                     "schema": schema,
                     "required": name in required,
                     "absent": "null" if nulls >= missing else "omit",
+                    "nullable": bool(nulls) or _allows_null(schema),
+                    "default_year": int(years.most_common(1)[0][0]) if years else None,
                     "constant": json.loads(values.most_common(1)[0][0]) if values else None,
                     "constant_share": values.most_common(1)[0][1] / len(objs) if values else 0.0,
                 }
@@ -239,12 +248,10 @@ class Extractor(Specialist):
         choice_jobs = [
             (i, k) for i in range(len(requests)) for k, p in enumerate(params) if p.kind in CHOICE_KINDS
         ]
-        span_res = eng.extract(
+        span_res, choice_res = eng.answer(  # one pass per request: every field at once
             [(params[k].query(), texts[i]) for i, k in span_jobs],
+            [([params[k].choice_query(v) for v in params[k].choices], texts[i]) for i, k in choice_jobs],
             candidates=[candidates(params[k], texts[i]) for i, k in span_jobs],
-        )
-        choice_res = eng.choose(
-            [([params[k].choice_query(v) for v in params[k].choices], texts[i]) for i, k in choice_jobs]
         )
         decided = {}
         for (i, k), res in zip(span_jobs, span_res, strict=True):
@@ -266,6 +273,8 @@ class Extractor(Specialist):
                 conf = min(conf, d.confidence)
                 if d.values:
                     obj[f["name"]] = d.values[0]
+                elif f.get("nullable") and (f["required"] or f["absent"] == "null"):
+                    obj[f["name"]] = None
                 elif f["required"]:
                     obj[f["name"]] = None
                     conf = 0.0
@@ -318,6 +327,11 @@ class Extractor(Specialist):
         self.style = style or _style([])
         self.meta = meta
         return self
+
+
+def _allows_null(schema: dict[str, Any]) -> bool:
+    t = schema.get("type")
+    return t == "null" or (isinstance(t, list) and "null" in t) or None in (schema.get("enum") or [])
 
 
 def _valid(obj: dict[str, Any], schema: dict[str, Any]) -> bool:

@@ -122,6 +122,7 @@ class ToolCaller(Specialist):
         max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
+        pack: int | None = 1,
         distractors: int = 1,
         multi_threshold: float = 0.25,
         parallel_ratio: float = 0.5,
@@ -139,6 +140,7 @@ class ToolCaller(Specialist):
             "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
+            "pack": pack,
             "distractors": distractors,
             "multi_threshold": multi_threshold,
             "parallel_ratio": parallel_ratio,
@@ -161,7 +163,8 @@ class ToolCaller(Specialist):
         if self._engine is None:
             p = self.params
             self._engine = EncoderEngine(
-                self.base, max_length=p["max_length"], train_layers=p["train_layers"], threads=self.threads,
+                self.base, max_length=p["max_length"], train_layers=p["train_layers"], pack=p["pack"],
+                threads=self.threads,
                 seed=p["seed"],
             )  # fmt: skip
             self.meta.base_model = self._engine.base
@@ -186,6 +189,7 @@ class ToolCaller(Specialist):
         self.learned["multi_function"] = any(len(c) > 1 for c in names)
         self.learned["multi_call"] = any(c and max(c.values()) > 1 for c in names)
         p = self.params
+        self.learned["widen"] = True
         losses = self.engine.fit(
             spans,
             choices,
@@ -198,6 +202,7 @@ class ToolCaller(Specialist):
             description="tool_caller",
             max_steps=p["max_steps"],
         )
+        self._learn_widening(usable)
         self.meta = SpecialistMeta(
             kind=self.kind,
             base_model=self.engine.base,
@@ -278,13 +283,11 @@ class ToolCaller(Specialist):
         ]
         span_jobs = [j for j in jobs if j[2].kind in SPAN_KINDS]
         choice_jobs = [j for j in jobs if j[2].kind in CHOICE_KINDS]
-        span_res = eng.extract(
+        span_res, choice_res = eng.answer(  # one pass per request: every argument at once
             [(prm.query(), texts[i]) for i, _, prm in span_jobs],
+            [([prm.choice_query(v) for v in prm.choices], texts[i]) for i, _, prm in choice_jobs],
             multi_threshold=p["multi_threshold"],
             candidates=[candidates(prm, texts[i]) for i, _, prm in span_jobs],
-        )
-        choice_res = eng.choose(
-            [([prm.choice_query(v) for v in prm.choices], texts[i]) for i, _, prm in choice_jobs]
         )
         decided: dict[tuple[int, str, str], Decision] = {}
         by_call: dict[tuple[int, str], list[SpanResult]] = {}
@@ -296,7 +299,8 @@ class ToolCaller(Specialist):
         for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
             parallel = requests[i].parallel_tool_calls is not False and self.learned["multi_call"]
             taken = [sp for r in by_call.get((i, fn.name), []) if r is not res for sp in r.spans[:1]]
-            decided[(i, fn.name, prm.name)] = _span_value(prm, res, texts[i], parallel, taken)
+            widen = self.learned.get("widen", True)
+            decided[(i, fn.name, prm.name)] = _span_value(prm, res, texts[i], parallel, taken, widen)
         for (i, fn, prm), pr in zip(choice_jobs, choice_res, strict=True):
             d = choice_decision(prm, pr, texts[i])
             optional_enum = prm.kind == "enum" and not prm.required
@@ -391,6 +395,16 @@ class ToolCaller(Specialist):
         share = self.learned["none_text_share"]
         return Prediction(ChatResponse.of_text(f"specialist:{self.kind}", text), float(conf * share))
 
+    def _learn_widening(self, examples: Sequence[Example], n: int = 96) -> None:
+        """Whether widening string spans to a whole name or address agrees with the teacher more
+        often than the model's own span boundaries do, judged on (up to ``n``) training examples."""
+        sample = random.Random(self.params["seed"]).sample(list(examples), min(n, len(examples)))
+        scores = {}
+        for widen in (True, False):
+            self.learned["widen"] = widen
+            scores[widen] = self.exact_match(sample)
+        self.learned["widen"] = scores[True] >= scores[False]
+
     def exact_match(self, examples: Sequence[Example]) -> float:
         """Share of examples whose calls equal the teacher's (names and arguments, order-free)."""
         if not examples:
@@ -462,7 +476,9 @@ def _separate_values(spans: list[Span], res: SpanResult, text: str) -> bool:
     return not (best is not None and best.start <= spans[0].start and best.end >= spans[-1].end)
 
 
-def _span_value(prm: Param, res: SpanResult, text: str, parallel: bool, taken: list[Span]) -> Decision:
+def _span_value(
+    prm: Param, res: SpanResult, text: str, parallel: bool, taken: list[Span], widen: bool = True
+) -> Decision:
     """One parameter's value(s) from its spans: several only when they are clearly separate values.
 
     A single value is read from the most probable span (string spans cut where a new clause
@@ -484,7 +500,8 @@ def _span_value(prm: Param, res: SpanResult, text: str, parallel: bool, taken: l
                 ]
             else:
                 spans = spans[:1]
-    if prm.kind == "span":
+    if widen and prm.kind == "span" and not isinstance(prm.schema.get("pattern"), str):
+        # (a value with a pattern was chosen among the runs of words that match it: kept as is)
         spans = [_whole_value(sp, text, taken if len(spans) == 1 else spans) for sp in spans]
     found = SpanResult(spans, res.null_prob, res.best, res.top)
     d = span_decision(prm, found, text)
