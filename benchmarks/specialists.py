@@ -2,6 +2,7 @@
 
     python benchmarks/specialists.py                       # every encoder kind that is importable
     python benchmarks/specialists.py --kinds classifier --train 2000 --threads 2
+    python benchmarks/specialists.py --kinds extractor,extractor:packed   # one pass per field vs per request
 
 For each kind (classifier, extractor, tool_caller), in its own process (so peak
 memory is the kind's own): train on ``--train`` generated examples (different
@@ -182,15 +183,21 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     from smallfleet.evals.evaluate import evaluate
     from smallfleet.specialists.base import specialist_class
 
+    name = kind
+    kind, _, variant = kind.partition(":")
     try:
         cls = specialist_class(kind)
     except (ImportError, AttributeError) as e:
-        return {"kind": kind, "skipped": f"not importable yet ({e})"}
+        return {"kind": name, "skipped": f"not importable yet ({e})"}
     make = DATASETS[kind]
     train = make(args["train"], "train", 0)
     validation = make(200, "train", 1)
     test = make(args["test"], "test", 2)
-    kw = {"num_layers": args["num_layers"]} if kind == "classifier" and args["num_layers"] else {}
+    kw: dict[str, Any] = (
+        {"num_layers": args["num_layers"]} if kind == "classifier" and args["num_layers"] else {}
+    )
+    if variant == "packed":  # every field / argument of a request in one encoder pass
+        kw["pack"] = None
     spec = cls(**kw)
     rss_before = _peak_rss_mb()
     t, c = time.perf_counter(), time.process_time()
@@ -219,7 +226,7 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     rps = len(batch) / (time.perf_counter() - t)
     rps_cpu = len(batch) / (time.process_time() - c)
     return {
-        "kind": kind,
+        "kind": name,
         "n_train": len(train),
         "train_s": round(train_s, 1),
         "train_cpu_s": round(train_cpu, 1),
@@ -264,7 +271,11 @@ def measure_upstream(n: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kinds", default="classifier,extractor,tool_caller")
+    ap.add_argument(
+        "--kinds",
+        default="classifier,extractor,extractor:packed,tool_caller,tool_caller:packed",
+        help="kinds to measure; KIND:packed answers every field of a request in one pass (pack=None)",
+    )
     ap.add_argument("--train", type=int, default=2000, help="training examples per kind")
     ap.add_argument("--test", type=int, default=300, help="test examples (unseen phrasings)")
     ap.add_argument("--singles", type=int, default=200, help="single requests timed for p50/p99")

@@ -24,9 +24,11 @@ __all__ = ["DEMO_SPECIALIST_PARAMS", "DemoResult", "run_demo"]
 #: Training budgets that keep the demo to minutes on 2 CPU cores (the span models dominate).
 #: Each cluster has one fixed tool set or schema, so every argument / field of a request is
 #: answered in one encoder pass (``pack=None``): several times cheaper to train and serve.
+#: The span models learn from the newest 400 examples of a task type; the classifier, whose
+#: training costs little (only its top layer and head are trained), from all of them.
 DEMO_SPECIALIST_PARAMS: dict[str, dict[str, Any]] = {
-    "tool_caller": {"max_steps": 150, "pack": None},
-    "extractor": {"max_steps": 150, "pack": None},
+    "tool_caller": {"max_steps": 150, "pack": None, "max_train": 400},
+    "extractor": {"max_steps": 150, "pack": None, "max_train": 400},
 }
 
 
@@ -72,7 +74,7 @@ def run_demo(
     min_examples: int | None = None,
     usd_per_hour: float = 0.10,
     progress: bool = True,
-    max_train: int = 400,
+    max_train: int = 1500,
     specialist_params: dict[str, dict[str, Any]] | None = None,
 ) -> DemoResult:
     from rich.console import Console

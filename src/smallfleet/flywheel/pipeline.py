@@ -74,7 +74,8 @@ class FlywheelOptions:
     retrain_growth: float = 0.2
     usd_per_hour: float = 0.0
     progress: bool = True
-    #: Extra constructor arguments per specialist kind, e.g. ``{"classifier": {"epochs": 2}}``.
+    #: Extra constructor arguments per specialist kind, e.g. ``{"classifier": {"epochs": 2}}``;
+    #: ``max_train`` there caps that kind's training examples below ``max_train`` (the newest kept).
     specialist_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -609,14 +610,16 @@ class Flywheel:
         for cand in candidates:
             out = root / f"{cand.kind}-{dhash}"
             base = _base_model(cand, opts.encoder)
+            params = {"progress": False, **opts.specialist_params.get(cand.kind, {})}
+            cap = params.pop("max_train", None)  # a kind's own cap on its training examples (the newest)
             jobs.append(
                 {
                     "kind": cand.kind,
                     "base_model": base,
-                    "train": train_d,
+                    "train": train_d[-int(cap) :] if cap else train_d,
                     "validation": val_d,
                     "out_dir": str(out),
-                    "params": {"progress": False, **opts.specialist_params.get(cand.kind, {})},
+                    "params": params,
                 }
             )
             results.append(CandidateResult(kind=cand.kind, base_model=base, data_hash=dhash))
