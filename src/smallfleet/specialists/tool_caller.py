@@ -300,6 +300,8 @@ class ToolCaller(Specialist):
             parallel = requests[i].parallel_tool_calls is not False and self.learned["multi_call"]
             taken = [sp for r in by_call.get((i, fn.name), []) if r is not res for sp in r.spans[:1]]
             widen = self.learned.get("widen", True)
+            if isinstance(widen, dict):
+                widen = widen.get(f"{fn.name}.{prm.name}", True)
             decided[(i, fn.name, prm.name)] = _span_value(prm, res, texts[i], parallel, taken, widen)
         for (i, fn, prm), pr in zip(choice_jobs, choice_res, strict=True):
             d = choice_decision(prm, pr, texts[i])
@@ -396,14 +398,23 @@ class ToolCaller(Specialist):
         return Prediction(ChatResponse.of_text(f"specialist:{self.kind}", text), float(conf * share))
 
     def _learn_widening(self, examples: Sequence[Example], n: int = 96) -> None:
-        """Whether widening string spans to a whole name or address agrees with the teacher more
-        often than the model's own span boundaries do, judged on (up to ``n``) training examples."""
+        """Per argument (``tool.param``): whether widening its string spans to a whole name or
+        address agrees with the teacher more often than the model's own span boundaries do,
+        judged on (up to ``n``) training examples. Arguments not seen here are widened."""
         sample = random.Random(self.params["seed"]).sample(list(examples), min(n, len(examples)))
-        scores = {}
+        agree: dict[bool, Counter[str]] = {}
         for widen in (True, False):
             self.learned["widen"] = widen
-            scores[widen] = self.exact_match(sample)
-        self.learned["widen"] = scores[True] >= scores[False]
+            agree[widen] = Counter()
+            preds = self.predict([ex.request for ex in sample])
+            for p, ex in zip(preds, sample, strict=True):
+                want = {name: args for name, args in _calls_of(ex.response) or []}
+                for name, args in _calls_of(p.response) or []:
+                    for key, value in args.items():
+                        if isinstance(value, str) and key in want.get(name, {}):
+                            agree[widen][f"{name}.{key}"] += value == want[name][key]
+        keys = set(agree[True]) | set(agree[False])
+        self.learned["widen"] = {k: agree[True][k] >= agree[False][k] for k in sorted(keys)}
 
     def exact_match(self, examples: Sequence[Example]) -> float:
         """Share of examples whose calls equal the teacher's (names and arguments, order-free)."""
