@@ -70,6 +70,9 @@ class FlywheelOptions:
     gpu_memory_gb: float = 0.0
     encoder: str | None = None
     max_train: int = 2000
+    #: At most this many validation and this many test examples per task type (the newest):
+    #: evaluation then costs the same at 100k traces as at 10k.
+    max_eval: int = 1000
     kinds: list[str] | None = None
     retrain_growth: float = 0.2
     usd_per_hour: float = 0.0
@@ -513,6 +516,8 @@ class Flywheel:
         for label, recs in sorted(by_cluster.items(), key=lambda kv: -len(kv[1])):
             info = clustering.clusters[label]
             examples = _split_by_time(recs)
+            for split in ("validation", "test"):  # the newest ones: enough to judge, bounded in cost
+                examples[split] = examples[split][-self.opts.max_eval :]
             train = examples["train"][-self.opts.max_train :]
             profile = profile_task([*train, *examples["validation"]]) if train else None
             shape = getattr(profile, "shape", "text") if profile else "text"

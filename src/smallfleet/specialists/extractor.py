@@ -248,7 +248,7 @@ class Extractor(Specialist):
         choice_jobs = [
             (i, k) for i in range(len(requests)) for k, p in enumerate(params) if p.kind in CHOICE_KINDS
         ]
-        span_res, choice_res = eng.answer(  # one pass per request: every field at once
+        span_res, choice_res = eng.answer(  # every field together (one pass per request when packed)
             [(params[k].query(), texts[i]) for i, k in span_jobs],
             [([params[k].choice_query(v) for v in params[k].choices], texts[i]) for i, k in choice_jobs],
             candidates=[candidates(params[k], texts[i]) for i, k in span_jobs],

@@ -283,7 +283,7 @@ class ToolCaller(Specialist):
         ]
         span_jobs = [j for j in jobs if j[2].kind in SPAN_KINDS]
         choice_jobs = [j for j in jobs if j[2].kind in CHOICE_KINDS]
-        span_res, choice_res = eng.answer(  # one pass per request: every argument at once
+        span_res, choice_res = eng.answer(  # every argument together (one pass when packed)
             [(prm.query(), texts[i]) for i, _, prm in span_jobs],
             [([prm.choice_query(v) for v in prm.choices], texts[i]) for i, _, prm in choice_jobs],
             multi_threshold=p["multi_threshold"],
