@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -484,16 +485,6 @@ class EncoderEngine:
             probs.append([v / z for v in ex])
         return spans, probs
 
-    def extract(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> list[SpanResult]:
-        """The spans answering each (query, text) (see :meth:`answer`)."""
-        return self.answer(pairs, (), **kwargs)[0]
-
-    def choose(
-        self, groups: Sequence[tuple[Sequence[str], str]], *, batch_size: int = 32
-    ) -> list[list[float]]:
-        """For each (queries, text): the softmax over the queries' scores (see :meth:`answer`)."""
-        return self.answer((), groups, batch_size=batch_size)[1]
-
     # ------------------------------------------------------------ persistence
 
     def save(self, directory: Path) -> None:
@@ -542,9 +533,8 @@ def _n_units(members: Sequence[int], groups: Sequence[int | None] | None) -> int
 
 def _decisions(unit: Sequence[tuple[list[tuple[str, Any]], str]]) -> int:
     """What a training unit teaches: one decision per span query and per choice group."""
-    spans = sum(1 for slots, _ in unit for _, (kind, _) in slots if kind == "span")
-    groups = {t[1][0] for slots, _ in unit for _, t in slots if t[0] == "choice"}
-    return spans + len(groups)
+    groups = [_slot_group(t) for slots, _ in unit for _, t in slots]
+    return _n_units(range(len(groups)), groups)
 
 
 def _slot_group(target: Any) -> int | None:
@@ -564,14 +554,7 @@ def _group_prefixes(queries: Sequence[str], groups: Sequence[int | None] | None)
     for ks in members.values():
         if len(ks) < 2:
             continue
-        common = min(queries[k] for k in ks)
-        for k in ks:  # the common prefix, character by character
-            q = queries[k]
-            n = next(
-                (i for i, (a, b) in enumerate(zip(common, q, strict=False)) if a != b),
-                min(len(common), len(q)),
-            )
-            common = common[:n]
+        common = os.path.commonprefix([queries[k] for k in ks])  # noqa: RUF071 (strings, not paths)
         cut = common.rfind(" = ")
         if cut > 0:
             for k in ks:

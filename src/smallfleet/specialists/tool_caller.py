@@ -189,7 +189,6 @@ class ToolCaller(Specialist):
         self.learned["multi_function"] = any(len(c) > 1 for c in names)
         self.learned["multi_call"] = any(c and max(c.values()) > 1 for c in names)
         p = self.params
-        self.learned["widen"] = True
         losses = self.engine.fit(
             spans,
             choices,
