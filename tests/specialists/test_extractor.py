@@ -294,9 +294,11 @@ def test_packed_extractor_reads_every_field_in_one_pass_and_learns_null(tmp_path
     year the teacher's dates are in."""
     model = Extractor(pack=None, epochs=6, seed=0).fit(_nullable(120, "train", seed=5))
     test = _nullable(40, "test", seed=6)
-    sequences: list[int] = []
-    hook = model.engine.net["backbone"].register_forward_pre_hook(
-        lambda _m, args, kwargs: sequences.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True
+    sequences: list[int] = []  # rows through the encoder's last layer (which reads queries and text)
+    hook = (
+        model.engine.net["backbone"]
+        .encoder.layer[-1]
+        .register_forward_pre_hook(lambda _m, args: sequences.append(int(args[0].shape[0])))
     )
     try:
         preds = model.predict([ex.request for ex in test])

@@ -457,6 +457,27 @@ def test_save_load_gives_identical_predictions(trained: ToolCaller, tmp_path: Pa
     assert [round(p.confidence, 5) for p in a] == [round(p.confidence, 5) for p in b]
 
 
+@pytest.mark.parametrize("slots", [False, True])
+def test_predictions_do_not_depend_on_the_batch_or_the_cached_query_states(
+    trained: ToolCaller, tmp_path: Path, slots: bool
+) -> None:
+    """Where the encoder's lower layers read the queries apart and cache their states, a request
+    gets the same calls alone, in a batch, and with a cold or a warm cache."""
+    trained.save(tmp_path / "tc")
+    cfg = json.loads((tmp_path / "tc" / "engine.json").read_text())
+    cfg.update(separate_layers=3, query_slots=slots)  # the same weights read the separate way
+    (tmp_path / "tc" / "engine.json").write_text(json.dumps(cfg))
+    model = load_specialist(tmp_path / "tc")
+    assert isinstance(model, ToolCaller) and model.engine.separate_layers == 3
+    assert model.engine.query_slots is slots
+    reqs = [ex.request for ex in make(12, HELD_OUT_TOOLS, "test", seed=7)]
+    together = model.predict(reqs)
+    model.engine._query_states.clear()
+    alone = [model.predict([r])[0] for r in reqs]
+    assert [_calls(p.response) for p in alone] == [_calls(p.response) for p in together]
+    assert [p.confidence for p in alone] == pytest.approx([p.confidence for p in together], abs=1e-4)
+
+
 def test_bad_training_data_is_a_clear_error() -> None:
     req = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(UserError, match="tools"):

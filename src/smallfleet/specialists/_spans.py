@@ -19,6 +19,13 @@ forward pass answers all the fields of an object or all the arguments of a call
 
 Because everything is conditioned on a *description*, the model carries over to
 fields and tools it has never seen, as long as they are described.
+
+**Separate lower layers.** The encoder's frozen lower layers (``separate_layers``, by
+default all the layers that do not train) read the queries and the text *apart*: the
+queries' states are computed once and cached (a cluster asks the same questions of
+every request), the text's once per request whatever is asked of it, and only the
+upper layers read ``queries [SEP] text`` together. On the demo's tool calls the queries
+are about 70% of a pack's tokens, so this is where most of the encoder's work went.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
 MAX_QUERY_CHARS = 400
 QUERY_SEP = " | "
 HEADS_FILE = "heads.safetensors"
+SEPARATE_MODEL_TYPES = ("bert",)  # encoders whose layers run apart as below (absolute positions)
+QUERY_CACHE_SIZE = 512  # query parts' lower-layer states kept (about 100 KB each)
 ENGINE_FILE = "engine.json"
 
 
@@ -96,6 +105,8 @@ class EncoderEngine:
         max_length: int = 256,
         pack: int | None = None,
         train_layers: int | None = None,
+        separate_layers: int | None = None,
+        query_slots: bool | None = None,
         threads: int | None = None,
         seed: int = 0,
         _path: str | None = None,
@@ -114,7 +125,20 @@ class EncoderEngine:
         transformers.utils.logging.disable_progress_bar()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         backbone = transformers.AutoModel.from_pretrained(path)
-        _freeze_below(backbone, train_layers)
+        frozen = _freeze_below(backbone, train_layers)
+        # the lower layers that read queries and text apart: only frozen ones (so cached
+        # states stay valid while training), only where positions are absolute embeddings
+        if backbone.config.model_type not in SEPARATE_MODEL_TYPES:
+            frozen = 0
+        # By default the lower layers read queries and text apart, and each query is one vector
+        # in the upper layers, where a pass answers several decisions (a fixed schema: most of the
+        # saving, and enums learned better); with one decision per pass (``pack=1``, the setting
+        # for tools and fields never seen in training) every layer reads every token of both,
+        # which carries better to new descriptions and new multi-word values.
+        if separate_layers is None:
+            separate_layers = frozen if pack != 1 else 0
+        self.separate_layers = max(0, min(separate_layers, frozen))
+        self.query_slots = bool((pack != 1 if query_slots is None else query_slots) and self.separate_layers)
         hidden = backbone.config.hidden_size
         torch.manual_seed(seed)
         nn = torch.nn
@@ -129,6 +153,8 @@ class EncoderEngine:
         )
         self.net.eval()
         self._qlen_cache: dict[str, int] = {}
+        self._query_states: dict[tuple[int, ...], Any] = {}  # lower-layer states of query parts
+        self._text_states: dict[tuple[int, ...], Any] | None = None  # of texts, kept while fitting
 
     # ------------------------------------------------------------ packing
 
@@ -232,8 +258,7 @@ class EncoderEngine:
         import numpy as np
 
         torch = require("torch", "local")
-        inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        hidden = self.net["backbone"](**inputs).last_hidden_state  # B, T, H
+        hidden = self._hidden(enc, ranges)  # B, T, H
         b, t, h = hidden.shape
         offsets = enc["offset_mapping"].numpy()
         n_q = sum(len(r) for r in ranges)
@@ -249,11 +274,8 @@ class EncoderEngine:
             text_w = in_text / max(1, in_text.sum())
             ok = in_text.copy()
             ok[0] = True
-            for qs, qe in spans:
-                m = (seq == 0) & real & (offsets[i, :, 0] >= qs) & (offsets[i, :, 1] <= qe)
-                if not m.any():  # a query cut by truncation: its separator's neighbourhood
-                    m = (seq == 0) & real
-                pool[q, i * t : (i + 1) * t] = m / m.sum()
+            for toks in _query_tokens(enc, i, spans):
+                pool[q, i * t + toks] = 1.0 / len(toks)
                 text_pool[q, i * t : (i + 1) * t] = text_w
                 allowed[q] = ok
                 rows[q] = i
@@ -271,6 +293,105 @@ class EncoderEngine:
         end = end.masked_fill(~mask, -1e4)
         choice = self.net["choice"](torch.cat([qvec, tvec], dim=-1)).squeeze(-1)
         return start, end, choice, rows
+
+    def _hidden(self, enc: Any, ranges: list[list[tuple[int, int]]]) -> Any:
+        """The encoder's last states of a batch of packs (``[B, T, H]``, the packs' token layout).
+
+        The lower ``separate_layers`` run on the query part (``[CLS] q1 | … [SEP]``, cached)
+        and on the text apart. With ``query_slots``, each query then enters the upper layers
+        as one vector (the mean of its lower states), so they read ``[CLS] q1 … qm [SEP] text``
+        and a query's upper state is written back over its tokens; otherwise they read every token.
+        """
+        bb = self.net["backbone"]
+        k = self.separate_layers
+        if not k:
+            inputs = {n: v for n, v in enc.items() if n in ("input_ids", "attention_mask", "token_type_ids")}
+            return bb(**inputs).last_hidden_state
+        torch = require("torch", "local")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        b, t = ids.shape
+        parts = []
+        for i in range(b):
+            seq = enc.sequence_ids(i)
+            cut = next(j for j in range(1, len(seq)) if seq[j] is None) + 1  # after the first [SEP]
+            row = ids[i, : int(mask[i].sum())].tolist()
+            parts.append((tuple(row[:cut]), tuple(row[cut:])))
+        texts = self._text_states if self._text_states is not None else {}
+        queries = self._bottom([a for a, _ in parts], 0, self._query_states, QUERY_CACHE_SIZE)
+        rest = self._bottom([x for _, x in parts], 1, texts, None)
+        if not self.query_slots:
+            hidden = torch.zeros((b, t, bb.config.hidden_size))
+            for i, (a, x) in enumerate(parts):
+                hidden[i, : len(a)] = queries[a]
+                hidden[i, len(a) : len(a) + len(x)] = rest[x]
+            return self._top(hidden, mask)
+        slots = [_query_tokens(enc, i, spans) for i, spans in enumerate(ranges)]
+        n = max(2 + len(sl) + len(x) for sl, (_, x) in zip(slots, parts, strict=True))
+        short = torch.zeros((b, n, bb.config.hidden_size))
+        short_mask = torch.zeros((b, n), dtype=torch.long)
+        for i, ((a, x), sl) in enumerate(zip(parts, slots, strict=True)):
+            qa = queries[a]
+            m = len(sl)
+            short[i, 0] = qa[0]
+            for j, toks in enumerate(sl):
+                short[i, 1 + j] = qa[toks].mean(0)
+            short[i, 1 + m] = qa[len(a) - 1]
+            short[i, 2 + m : 2 + m + len(x)] = rest[x]
+            short_mask[i, : 2 + m + len(x)] = 1
+        top = self._top(short, short_mask)
+        # back to the packs' layout: [CLS], each query's tokens its slot, the text; the rest zero
+        where = torch.full((b, t), n, dtype=torch.long)
+        for i, ((a, x), sl) in enumerate(zip(parts, slots, strict=True)):
+            where[i, 0] = 0
+            for j, toks in enumerate(sl):
+                where[i, torch.as_tensor(toks)] = 1 + j
+            where[i, len(a) : len(a) + len(x)] = torch.arange(len(x)) + 2 + len(sl)
+        top = torch.cat([top, top.new_zeros((b, 1, top.shape[-1]))], dim=1)
+        return torch.gather(top, 1, where.unsqueeze(-1).expand(b, t, top.shape[-1]))
+
+    def _top(self, hidden: Any, mask: Any) -> Any:
+        """The upper layers (those above ``separate_layers``) over states ``[B, T, H]``."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        bb = self.net["backbone"]
+        attn = create_bidirectional_mask(config=bb.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in bb.encoder.layer[self.separate_layers :]:
+            out = layer(hidden, attention_mask=attn)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def _bottom(
+        self, keys: Sequence[tuple[int, ...]], token_type: int, cache: dict[Any, Any], limit: int | None
+    ) -> dict[tuple[int, ...], Any]:
+        """Lower-layer states of token sequences (query parts from position 0, texts from 1, as
+        if after ``[CLS]``), from ``cache`` or computed in batches and added to it."""
+        torch = require("torch", "local")
+        bb = self.net["backbone"]
+        todo = sorted((x for x in dict.fromkeys(keys) if x not in cache), key=len)
+        pad = self.tokenizer.pad_token_id or 0
+        from transformers.masking_utils import create_bidirectional_mask
+
+        with torch.no_grad():
+            for b in range(0, len(todo), 64):
+                chunk = todo[b : b + 64]
+                n = max(len(x) for x in chunk)
+                ids = torch.tensor([list(x) + [pad] * (n - len(x)) for x in chunk])
+                mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in chunk])
+                pos = (torch.arange(n) + token_type).unsqueeze(0).expand(len(chunk), n)
+                hidden = bb.embeddings(
+                    input_ids=ids, token_type_ids=torch.full_like(ids, token_type), position_ids=pos
+                )
+                attn = create_bidirectional_mask(config=bb.config, inputs_embeds=hidden, attention_mask=mask)
+                for layer in bb.encoder.layer[: self.separate_layers]:
+                    out = layer(hidden, attention_mask=attn)
+                    hidden = out[0] if isinstance(out, tuple) else out
+                for x, h in zip(chunk, hidden, strict=True):
+                    cache[x] = h[: len(x)].clone()
+        found = {x: cache[x] for x in keys}
+        if limit is not None and len(cache) > limit:
+            for x in list(cache)[: len(cache) - limit]:
+                del cache[x]
+        return found
 
     # ------------------------------------------------------------ training
 
@@ -381,6 +502,9 @@ class EncoderEngine:
         losses: list[float] = []
         self.net.train()
         bar = _progress(progress)
+        # lower-layer states made under inference mode cannot feed a backward pass, and texts
+        # come back every epoch: fresh caches for the fit, dropped after it
+        self._query_states, self._text_states = {}, {}
         try:
             task = bar.add_task(description, total=total) if bar else None
             for _ in range(epochs):
@@ -411,6 +535,7 @@ class EncoderEngine:
             if bar is not None:
                 bar.stop()
             self.net.eval()
+            self._query_states, self._text_states = {}, None
         return losses
 
     # ------------------------------------------------------------ inference
@@ -499,7 +624,7 @@ class EncoderEngine:
         }
         st.save_file(heads, str(directory / HEADS_FILE))
         cfg = {"base": self.base, "max_length": self.max_length, "train_layers": self.train_layers}
-        cfg["pack"] = self.pack
+        cfg.update(pack=self.pack, separate_layers=self.separate_layers, query_slots=self.query_slots)
         (directory / ENGINE_FILE).write_text(json.dumps(cfg))
 
     @classmethod
@@ -511,6 +636,8 @@ class EncoderEngine:
             max_length=cfg["max_length"],
             pack=cfg.get("pack"),
             train_layers=cfg.get("train_layers"),
+            separate_layers=cfg.get("separate_layers", 0),  # engines saved before: all joint
+            query_slots=cfg.get("query_slots", False),
             threads=threads,
             _path=str(directory / "encoder"),
         )
@@ -522,6 +649,23 @@ class EncoderEngine:
             )
         eng.net.eval()
         return eng
+
+
+def _query_tokens(enc: Any, row: int, spans: Sequence[tuple[int, int]]) -> list[Any]:
+    """The token indices of each query of a pack (char ``spans`` of the first sequence); a query
+    cut by truncation gets all the queries' tokens."""
+    import numpy as np
+
+    seq = np.array([-1 if s is None else s for s in enc.sequence_ids(row)])
+    offsets = enc["offset_mapping"][row].numpy()
+    real = offsets[:, 1] > offsets[:, 0]
+    out = []
+    for qs, qe in spans:
+        m = (seq == 0) & real & (offsets[:, 0] >= qs) & (offsets[:, 1] <= qe)
+        if not m.any():
+            m = (seq == 0) & real
+        out.append(np.flatnonzero(m))
+    return out
 
 
 def _n_units(members: Sequence[int], groups: Sequence[int | None] | None) -> int:
@@ -562,32 +706,20 @@ def _group_prefixes(queries: Sequence[str], groups: Sequence[int | None] | None)
     return out
 
 
-def _freeze_below(backbone: Any, train_layers: int | None) -> None:
-    """Train only the top ``train_layers`` layers (None: all): cheaper, and enough on small data."""
+def _freeze_below(backbone: Any, train_layers: int | None) -> int:
+    """Train only the top ``train_layers`` layers (None: all): cheaper, and enough on small data.
+
+    Returns how many layers are frozen."""
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
     if train_layers is None or layers is None:
-        return
+        return 0
     keep = max(0, len(layers) - train_layers)
     for p in backbone.embeddings.parameters():
         p.requires_grad = False
     for layer in list(layers)[:keep]:
         for p in layer.parameters():
             p.requires_grad = False
-
-
-def _pack_groups(groups: Sequence[ChoiceItem], max_pairs: int) -> list[list[ChoiceItem]]:
-    out: list[list[ChoiceItem]] = []
-    cur: list[ChoiceItem] = []
-    n = 0
-    for g in groups:
-        if cur and n + len(g.queries) > max_pairs:
-            out.append(cur)
-            cur, n = [], 0
-        cur.append(g)
-        n += len(g.queries)
-    if cur:
-        out.append(cur)
-    return out
+    return keep
 
 
 def _char_to_tokens(enc: Any, row: int, cs: int, ce: int) -> tuple[int, int] | None:

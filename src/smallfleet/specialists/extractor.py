@@ -94,6 +94,8 @@ class Extractor(Specialist):
         max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
+        separate_layers: int | None = None,
+        query_slots: bool | None = None,
         pack: int | None = 1,
         enum_max: int = 12,
         threads: int | None = None,
@@ -109,6 +111,8 @@ class Extractor(Specialist):
             "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
+            "separate_layers": separate_layers,
+            "query_slots": query_slots,
             "pack": pack,
             "enum_max": enum_max,
             "seed": seed,
@@ -127,6 +131,7 @@ class Extractor(Specialist):
             p = self.params
             self._engine = EncoderEngine(
                 self.base, max_length=p["max_length"], train_layers=p["train_layers"], pack=p["pack"],
+                separate_layers=p["separate_layers"], query_slots=p["query_slots"],
                 threads=self.threads,
                 seed=p["seed"],
             )  # fmt: skip

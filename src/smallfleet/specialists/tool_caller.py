@@ -122,6 +122,8 @@ class ToolCaller(Specialist):
         max_steps: int | None = 400,
         max_length: int = 256,
         train_layers: int | None = 3,
+        separate_layers: int | None = None,
+        query_slots: bool | None = None,
         pack: int | None = 1,
         distractors: int = 1,
         multi_threshold: float = 0.25,
@@ -140,6 +142,8 @@ class ToolCaller(Specialist):
             "max_steps": max_steps,
             "max_length": max_length,
             "train_layers": train_layers,
+            "separate_layers": separate_layers,
+            "query_slots": query_slots,
             "pack": pack,
             "distractors": distractors,
             "multi_threshold": multi_threshold,
@@ -164,6 +168,7 @@ class ToolCaller(Specialist):
             p = self.params
             self._engine = EncoderEngine(
                 self.base, max_length=p["max_length"], train_layers=p["train_layers"], pack=p["pack"],
+                separate_layers=p["separate_layers"], query_slots=p["query_slots"],
                 threads=self.threads,
                 seed=p["seed"],
             )  # fmt: skip
