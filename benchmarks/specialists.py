@@ -3,6 +3,7 @@
     python benchmarks/specialists.py                       # every encoder kind that is importable
     python benchmarks/specialists.py --kinds classifier --train 2000 --threads 2
     python benchmarks/specialists.py --kinds extractor,extractor:packed   # one pass per field vs per request
+    python benchmarks/specialists.py --kinds extractor:joint,extractor:packed  # packed, queries apart or not
 
 For each kind (classifier, extractor, tool_caller), in its own process (so peak
 memory is the kind's own): train on ``--train`` generated examples (different
@@ -196,8 +197,10 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     kw: dict[str, Any] = (
         {"num_layers": args["num_layers"]} if kind == "classifier" and args["num_layers"] else {}
     )
-    if variant == "packed":  # every field / argument of a request in one encoder pass
+    if variant in ("packed", "joint"):  # every field / argument of a request in one encoder pass
         kw["pack"] = None
+    if variant == "joint":  # ... with every layer reading queries and text together (before 2026-11-26)
+        kw.update(separate_layers=0, query_slots=False)
     spec = cls(**kw)
     rss_before = _peak_rss_mb()
     t, c = time.perf_counter(), time.process_time()
@@ -274,7 +277,8 @@ def main() -> None:
     ap.add_argument(
         "--kinds",
         default="classifier,extractor,extractor:packed,tool_caller,tool_caller:packed",
-        help="kinds to measure; KIND:packed answers every field of a request in one pass (pack=None)",
+        help="kinds to measure; KIND:packed answers every field of a request in one pass (pack=None), "
+        "KIND:joint too but with every encoder layer reading queries and text together",
     )
     ap.add_argument("--train", type=int, default=2000, help="training examples per kind")
     ap.add_argument("--test", type=int, default=300, help="test examples (unseen phrasings)")
