@@ -33,6 +33,7 @@ __all__ = [
     "progress",
     "request_text_pair",
     "resolve_encoder",
+    "run_layers",
 ]
 
 
@@ -218,16 +219,7 @@ class EncoderBackbone:
         for i, s in enumerate(states):
             hidden[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
-        layers = self.top_layers()
-        if layers:
-            from transformers.masking_utils import create_bidirectional_mask
-
-            attn = create_bidirectional_mask(
-                config=self.model.config, inputs_embeds=hidden, attention_mask=mask
-            )
-            for layer in layers:
-                out = layer(hidden, attention_mask=attn)
-                hidden = out[0] if isinstance(out, tuple) else out
+        hidden = run_layers(self.model.config, self.top_layers(), hidden, mask)
         return self.pool(hidden, mask)
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> torch.Tensor:
@@ -260,6 +252,20 @@ class EncoderBackbone:
 
             raise UserError(f"Saved encoder weights do not fit the base encoder: {missing[:3]} …")
         self.model.load_state_dict(state, strict=False)
+
+
+def run_layers(config: Any, layers: Sequence[Any], hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run transformer ``layers`` (of a Hugging Face encoder with ``config``) over ``hidden``
+    ``[B, T, H]`` with the padding ``mask`` ``[B, T]``."""
+    if not layers:
+        return hidden
+    from transformers.masking_utils import create_bidirectional_mask
+
+    attn = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+    for layer in layers:
+        out = layer(hidden, attention_mask=attn)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet._extras import require
+from smallfleet.specialists._encoder import run_layers
 
 __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
 
@@ -155,6 +156,14 @@ class EncoderEngine:
         self._qlen_cache: dict[str, int] = {}
         self._query_states: dict[tuple[int, ...], Any] = {}  # lower-layer states of query parts
         self._text_states: dict[tuple[int, ...], Any] | None = None  # of texts, kept while fitting
+
+    @classmethod
+    def from_params(
+        cls, base: str | None, params: dict[str, Any], threads: int | None = None
+    ) -> EncoderEngine:
+        """A new engine from a specialist's parameters (the keys this constructor takes)."""
+        keys = ("max_length", "pack", "train_layers", "separate_layers", "query_slots", "seed")
+        return cls(base, threads=threads, **{k: params[k] for k in keys})
 
     # ------------------------------------------------------------ packing
 
@@ -329,36 +338,29 @@ class EncoderEngine:
         n = max(2 + len(sl) + len(x) for sl, (_, x) in zip(slots, parts, strict=True))
         short = torch.zeros((b, n, bb.config.hidden_size))
         short_mask = torch.zeros((b, n), dtype=torch.long)
+        # where each position of the packs' layout reads its upper state from: [CLS], each
+        # query's tokens its slot, the text; the rest (n) a zero row
+        where = torch.full((b, t), n, dtype=torch.long)
         for i, ((a, x), sl) in enumerate(zip(parts, slots, strict=True)):
             qa = queries[a]
             m = len(sl)
             short[i, 0] = qa[0]
+            where[i, 0] = 0
             for j, toks in enumerate(sl):
                 short[i, 1 + j] = qa[toks].mean(0)
+                where[i, torch.as_tensor(toks)] = 1 + j
             short[i, 1 + m] = qa[len(a) - 1]
             short[i, 2 + m : 2 + m + len(x)] = rest[x]
             short_mask[i, : 2 + m + len(x)] = 1
+            where[i, len(a) : len(a) + len(x)] = torch.arange(len(x)) + 2 + m
         top = self._top(short, short_mask)
-        # back to the packs' layout: [CLS], each query's tokens its slot, the text; the rest zero
-        where = torch.full((b, t), n, dtype=torch.long)
-        for i, ((a, x), sl) in enumerate(zip(parts, slots, strict=True)):
-            where[i, 0] = 0
-            for j, toks in enumerate(sl):
-                where[i, torch.as_tensor(toks)] = 1 + j
-            where[i, len(a) : len(a) + len(x)] = torch.arange(len(x)) + 2 + len(sl)
         top = torch.cat([top, top.new_zeros((b, 1, top.shape[-1]))], dim=1)
         return torch.gather(top, 1, where.unsqueeze(-1).expand(b, t, top.shape[-1]))
 
     def _top(self, hidden: Any, mask: Any) -> Any:
         """The upper layers (those above ``separate_layers``) over states ``[B, T, H]``."""
-        from transformers.masking_utils import create_bidirectional_mask
-
         bb = self.net["backbone"]
-        attn = create_bidirectional_mask(config=bb.config, inputs_embeds=hidden, attention_mask=mask)
-        for layer in bb.encoder.layer[self.separate_layers :]:
-            out = layer(hidden, attention_mask=attn)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
+        return run_layers(bb.config, bb.encoder.layer[self.separate_layers :], hidden, mask)
 
     def _bottom(
         self, keys: Sequence[tuple[int, ...]], token_type: int, cache: dict[Any, Any], limit: int | None
@@ -369,8 +371,6 @@ class EncoderEngine:
         bb = self.net["backbone"]
         todo = sorted((x for x in dict.fromkeys(keys) if x not in cache), key=len)
         pad = self.tokenizer.pad_token_id or 0
-        from transformers.masking_utils import create_bidirectional_mask
-
         with torch.no_grad():
             for b in range(0, len(todo), 64):
                 chunk = todo[b : b + 64]
@@ -381,10 +381,7 @@ class EncoderEngine:
                 hidden = bb.embeddings(
                     input_ids=ids, token_type_ids=torch.full_like(ids, token_type), position_ids=pos
                 )
-                attn = create_bidirectional_mask(config=bb.config, inputs_embeds=hidden, attention_mask=mask)
-                for layer in bb.encoder.layer[: self.separate_layers]:
-                    out = layer(hidden, attention_mask=attn)
-                    hidden = out[0] if isinstance(out, tuple) else out
+                hidden = run_layers(bb.config, bb.encoder.layer[: self.separate_layers], hidden, mask)
                 for x, h in zip(chunk, hidden, strict=True):
                     cache[x] = h[: len(x)].clone()
         found = {x: cache[x] for x in keys}

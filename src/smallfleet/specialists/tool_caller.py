@@ -165,13 +165,7 @@ class ToolCaller(Specialist):
     @property
     def engine(self) -> EncoderEngine:
         if self._engine is None:
-            p = self.params
-            self._engine = EncoderEngine(
-                self.base, max_length=p["max_length"], train_layers=p["train_layers"], pack=p["pack"],
-                separate_layers=p["separate_layers"], query_slots=p["query_slots"],
-                threads=self.threads,
-                seed=p["seed"],
-            )  # fmt: skip
+            self._engine = EncoderEngine.from_params(self.base, self.params, self.threads)
             self.meta.base_model = self._engine.base
         return self._engine
 
