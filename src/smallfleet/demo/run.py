@@ -121,6 +121,11 @@ def run_demo(
     console.print("[bold]3/4[/] Replaying the newest held-out traffic through the router")
     import torch
 
+    from smallfleet.encoders import clear_embedding_cache
+
+    # the flywheel embedded these requests when it curated them; a live request arrives
+    # unseen, so the replay starts with an empty embedding cache (honest latencies)
+    clear_embedding_cache()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one request at a time: one thread is fastest for a 22M-parameter encoder
     router = Router.from_store(RouteStore(store.engine))

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from smallfleet.encoders import unseen
 from smallfleet.evals.coverage import coverage_at_accuracy, coverage_curve
 from smallfleet.evals.metrics import field_prf, macro_f1, normalize_text, parse_json, schema_errors
 from smallfleet.specialists.base import Example, Specialist, SpecialistChatModel
@@ -218,13 +219,15 @@ async def _predict_specialist(
                     errors.append(f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
     compute = time.perf_counter() - started
     latencies = []
-    for req in requests[:latency_sample]:  # single requests, as the router sends them
-        t = time.perf_counter()
-        try:
-            await asyncio.to_thread(specialist.predict, [req])
-        except Exception:
-            continue
-        latencies.append((time.perf_counter() - t) * 1000)
+    # the batches above embedded these messages; a live request arrives unseen
+    with unseen(r.last_user_text() for r in requests[:latency_sample]):
+        for req in requests[:latency_sample]:  # single requests, as the router sends them
+            t = time.perf_counter()
+            try:
+                await asyncio.to_thread(specialist.predict, [req])
+            except Exception:
+                continue
+            latencies.append((time.perf_counter() - t) * 1000)
     return responses, confidences, latencies, compute, errors
 
 

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smallfleet.flywheel.curate import _CACHE, dialogue_text, embed_cached
+from smallfleet.encoders import embed_cached, embed_one
+from smallfleet.flywheel.curate import dialogue_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,8 +124,9 @@ class SignatureEncoder:
     """Embeds signatures: the weighted, L2-normalised concatenation of the three parts' embeddings.
 
     System prompts and structures are embedded once per distinct text; dialogues go through
-    the shared embedding cache in batches (:meth:`encode`), or one at a time through the
-    model directly (:meth:`encode_one`, the router's path, a few ms on a CPU).
+    the shared embedding cache in batches (:meth:`encode`), or one at a time
+    (:meth:`encode_one`, the router's path, a few ms on a CPU; the specialist the request is
+    routed to then finds the user's message already embedded).
     """
 
     def __init__(self, encoder: str | None = None, weights: Mapping[str, float] | None = None) -> None:
@@ -166,7 +168,7 @@ class SignatureEncoder:
     def encode(
         self,
         sigs: Sequence[Signature],
-        batch_size: int = 128,
+        batch_size: int = 64,
         on_batch: Callable[[int], None] | None = None,
         chunk: int = 8192,
     ) -> np.ndarray:
@@ -187,21 +189,8 @@ class SignatureEncoder:
         system, structure = self._fixed([sig.system, sig.structure])
         return self._combine(system, structure, self._dialogue_one(sig.dialogue))
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one encoder per matcher, bounded
     def _dialogue_one(self, text: str) -> np.ndarray:
-        import torch
-
-        from smallfleet.encoders import load_encoder
-
-        cached = _CACHE.get((self.encoder, text))
-        if cached is not None:
-            return cached
-        model = load_encoder(self.encoder)
-        prep = getattr(model, "preprocess", None) or model.tokenize
-        features = prep([text])
-        with torch.inference_mode():
-            out = model.forward(features)["sentence_embedding"][0]
-        return out.float().numpy()
+        return embed_one(text, self.encoder)
 
 
 # ---------------------------------------------------------------- output shape

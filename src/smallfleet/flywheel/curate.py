@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from smallfleet.encoders import clear_embedding_cache, embed_cached
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -183,48 +185,6 @@ def dialogue_text(request: dict[str, Any], limit: int = 1000) -> str:
     return "\n".join(f"{m.get('role')}: {_content(m.get('content'))}" for m in msgs)[-limit:]
 
 
-_CACHE: dict[tuple[str | None, str], Any] = {}
-_CACHE_MAX = 200_000  # about 350 MB of 384-d vectors and their texts at most
-
-
-def clear_embedding_cache() -> None:
-    """Forget the embeddings :func:`embed_cached` kept (to measure, or to free memory)."""
-    _CACHE.clear()
-
-
-def embed_cached(
-    texts: Sequence[str],
-    encoder: str | None = None,
-    batch_size: int = 128,
-    on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Embeddings of ``texts`` with the bundled (or given) encoder, reusing those computed before.
-
-    A bounded in-process cache (oldest evicted first), so curate and cluster, which embed
-    the same request texts, pay once. ``on_batch(n)`` is called after each batch of new texts.
-    """
-    import numpy as np
-
-    from smallfleet.encoders import embed
-
-    todo = list(dict.fromkeys(t for t in texts if (encoder, t) not in _CACHE))
-    fresh: dict[str, Any] = {}
-    step = max(batch_size * 4, 1)
-    for start in range(0, len(todo), step):
-        part = todo[start : start + step]
-        for t, v in zip(part, embed(part, encoder, batch_size=batch_size), strict=True):
-            fresh[t] = v
-        if on_batch:
-            on_batch(len(part))
-    for t, v in fresh.items():
-        if len(_CACHE) >= _CACHE_MAX:
-            del _CACHE[next(iter(_CACHE))]
-        _CACHE[(encoder, t)] = v
-    if not texts:
-        return embed([], encoder)
-    return np.stack([fresh[t] if t in fresh else _CACHE[(encoder, t)] for t in texts])
-
-
 # ---------------------------------------------------------------- the result
 
 
@@ -327,7 +287,7 @@ def curate(
     near_duplicates: Literal["drop", "group"] = "drop",
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
     encoder: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = 64,
     chunk: int = 2048,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Curated:

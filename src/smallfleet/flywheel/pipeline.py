@@ -252,7 +252,10 @@ def train_candidate(
     args = (base_model,) if base_model else ()
     spec = cls(*args, **(params or {}))  # type: ignore[call-arg]
     t0 = time.perf_counter()
-    spec.fit([Example.from_dict(d) for d in train], [Example.from_dict(d) for d in validation])
+    # the candidate is scored on validation after training (_evaluate_candidate); fit sees it
+    # only when it learns from it (a classifier's calibration)
+    val = [Example.from_dict(d) for d in validation] if cls.learns_from_validation else None
+    spec.fit([Example.from_dict(d) for d in train], val)
     seconds = time.perf_counter() - t0
     spec.save(out_dir)
     return {"path": out_dir, "train_seconds": seconds}
@@ -304,13 +307,18 @@ def _judge(spec: Any, examples: Sequence[Example], shape: str) -> tuple[list[flo
 
 
 def _latency_p50_ms(spec: Any, examples: Sequence[Example], n: int = 20) -> float | None:
+    """Single-request latency, as for requests never seen (curation embedded their messages)."""
+    from smallfleet.encoders import unseen
+
     if not examples:
         return None
     times = []
-    for ex in list(examples)[:n]:
-        t0 = time.perf_counter()
-        spec.predict([ex.request])
-        times.append((time.perf_counter() - t0) * 1000)
+    sample = list(examples)[:n]
+    with unseen(ex.request.last_user_text() for ex in sample):
+        for ex in sample:
+            t0 = time.perf_counter()
+            spec.predict([ex.request])
+            times.append((time.perf_counter() - t0) * 1000)
     return _p50(times)
 
 

@@ -5,7 +5,9 @@ close to "get stock price: Get the latest share price of a listed company". The
 selector keeps that knowledge frozen (so it carries over to tools never seen in
 training) and learns only how to read it: a few weights over similarity features
 and the score of "none", fitted with a softmax cross-entropy on the training
-groups. Option embeddings are cached, so a tool set is embedded once.
+groups. Embeddings come from the shared cache (:func:`smallfleet.encoders.embed_cached`),
+so a tool set is embedded once, and a message the flywheel or the router's cluster matcher
+has embedded already costs nothing more.
 """
 
 from __future__ import annotations
@@ -27,23 +29,14 @@ class SimilaritySelector:
     base: str | None = None
     weights: list[float] = field(default_factory=lambda: [20.0, 5.0, 5.0])
     none: float = 6.0
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def _embed(self, texts: Sequence[str]) -> Any:
-        from smallfleet.encoders import embed
+        from transformers.utils import logging as hf_logging
 
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if missing:
-            from transformers.utils import logging as hf_logging
+        from smallfleet.encoders import embed_cached
 
-            hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of a predict
-            for t, v in zip(missing, embed(missing, self.base), strict=True):
-                self._cache[t] = v
-            if len(self._cache) > 50_000:  # a bound, not an LRU: tool sets repeat
-                self._cache.clear()
-        import numpy as np
-
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
+        hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of a predict
+        return embed_cached(list(texts), self.base)
 
     def features(self, groups: Sequence[tuple[Sequence[Sequence[str]], str]]) -> list[Any]:
         """Per group ((option views...), text): an array (n_options, N_FEATURES) of cosine similarities.

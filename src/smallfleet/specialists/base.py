@@ -138,6 +138,10 @@ class Specialist:
     """A small model for one task type. Subclasses implement fit, predict, save and load."""
 
     kind: ClassVar[str] = ""
+    #: whether ``fit`` learns from ``validation`` (calibration, model choice) rather than only
+    #: scoring itself on it; a caller that scores candidates on validation anyway (the
+    #: flywheel) passes it only where this is true, so the set is not predicted twice
+    learns_from_validation: ClassVar[bool] = True
     meta: SpecialistMeta
 
     def fit(self, examples: Sequence[Example], validation: Sequence[Example] | None = None) -> Specialist:

@@ -82,6 +82,7 @@ class Extractor(Specialist):
     """
 
     kind = "extractor"
+    learns_from_validation = False  # validation is only scored (meta.metrics)
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ OpenAI ``tool_calls`` shape and is checked against each tool's JSON schema
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import json
@@ -110,6 +111,7 @@ class ToolCaller(Specialist):
     """
 
     kind = "tool_caller"
+    learns_from_validation = False  # validation is only scored (meta.metrics)
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class ToolCaller(Specialist):
             "none_text": None, "none_text_share": 0.0, "multi_function": False, "multi_call": False,
         }  # fmt: skip
         self._engine: EncoderEngine | None = None
+        self._answers: dict[str, Any] | None = None  # the engine's answers kept while learning widening
         self.selector = SimilaritySelector(base)
         self.meta = SpecialistMeta(kind=self.kind, base_model=base or "")
 
@@ -251,7 +254,6 @@ class ToolCaller(Specialist):
     # ------------------------------------------------------------ prediction
 
     def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
-        eng = self.engine
         p = self.params
         texts = [r.last_user_text() for r in requests]
         # 1. which tools: similarity features (tool embeddings cached), one softmax per request
@@ -281,7 +283,7 @@ class ToolCaller(Specialist):
         ]
         span_jobs = [j for j in jobs if j[2].kind in SPAN_KINDS]
         choice_jobs = [j for j in jobs if j[2].kind in CHOICE_KINDS]
-        span_res, choice_res = eng.answer(  # every argument together (one pass when packed)
+        span_res, choice_res = self._answer(  # every argument together (one pass when packed)
             [(prm.query(), texts[i]) for i, _, prm in span_jobs],
             [([prm.choice_query(v) for v in prm.choices], texts[i]) for i, _, prm in choice_jobs],
             multi_threshold=p["multi_threshold"],
@@ -395,22 +397,36 @@ class ToolCaller(Specialist):
         share = self.learned["none_text_share"]
         return Prediction(ChatResponse.of_text(f"specialist:{self.kind}", text), float(conf * share))
 
+    def _answer(self, *args: Any, **kwargs: Any) -> tuple[list[SpanResult], list[list[float]]]:
+        """:meth:`EncoderEngine.answer`; while ``_answers`` is set, each distinct question is
+        put to the encoder once (the results are copied out: post-processing edits them)."""
+        if self._answers is None:
+            return self.engine.answer(*args, **kwargs)
+        key = repr((args, sorted(kwargs.items())))
+        if key not in self._answers:
+            self._answers[key] = self.engine.answer(*args, **kwargs)
+        return copy.deepcopy(self._answers[key])
+
     def _learn_widening(self, examples: Sequence[Example], n: int = 96) -> None:
         """Per argument (``tool.param``): whether widening its string spans to a whole name or
         address agrees with the teacher more often than the model's own span boundaries do,
         judged on (up to ``n``) training examples. Arguments not seen here are widened."""
         sample = random.Random(self.params["seed"]).sample(list(examples), min(n, len(examples)))
         agree: dict[bool, Counter[str]] = {}
-        for widen in (True, False):
-            self.learned["widen"] = widen
-            agree[widen] = Counter()
-            preds = self.predict([ex.request for ex in sample])
-            for p, ex in zip(preds, sample, strict=True):
-                want = {name: args for name, args in _calls_of(ex.response) or []}
-                for name, args in _calls_of(p.response) or []:
-                    for key, value in args.items():
-                        if isinstance(value, str) and key in want.get(name, {}):
-                            agree[widen][f"{name}.{key}"] += value == want[name][key]
+        self._answers = {}  # both settings ask the encoder the same questions: once
+        try:
+            for widen in (True, False):
+                self.learned["widen"] = widen
+                agree[widen] = Counter()
+                preds = self.predict([ex.request for ex in sample])
+                for p, ex in zip(preds, sample, strict=True):
+                    want = {name: args for name, args in _calls_of(ex.response) or []}
+                    for name, args in _calls_of(p.response) or []:
+                        for key, value in args.items():
+                            if isinstance(value, str) and key in want.get(name, {}):
+                                agree[widen][f"{name}.{key}"] += value == want[name][key]
+        finally:
+            self._answers = None
         keys = set(agree[True]) | set(agree[False])
         self.learned["widen"] = {k: agree[True][k] >= agree[False][k] for k in sorted(keys)}
 

@@ -1,0 +1,78 @@
+"""The shared embedding cache: one embedding per text, however many parts ask for it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+
+from smallfleet import encoders
+from smallfleet.encoders import clear_embedding_cache, embed, embed_cached, embed_one, unseen
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    clear_embedding_cache()
+    yield
+    clear_embedding_cache()
+
+
+def _calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the texts the encoder model itself is run on (batched and single paths)."""
+    seen: list[int] = []
+    batched, single = encoders.embed, encoders._embed_single
+
+    def counting_embed(texts, *a, **k):
+        seen.append(len(texts))
+        return batched(texts, *a, **k)
+
+    def counting_single(text, enc):
+        seen.append(1)
+        return single(text, enc)
+
+    monkeypatch.setattr(encoders, "embed", counting_embed)
+    monkeypatch.setattr(encoders, "_embed_single", counting_single)
+    return seen
+
+
+def test_one_text_is_embedded_once_across_the_batched_and_single_paths(monkeypatch):
+    seen = _calls(monkeypatch)
+    texts = ["where is my parcel?", "refund order A-1234 please", "where is my parcel?"]
+    first = embed_cached(texts)
+    assert sum(seen) == 2  # duplicates in one call are embedded once
+    again = embed_cached(texts[:2])
+    one = embed_one("refund order A-1234 please")
+    assert sum(seen) == 2  # both served from the cache
+    np.testing.assert_array_equal(again, first[:2])
+    np.testing.assert_array_equal(one, first[1])
+    # the default encoder's key is the same whether it is named or not
+    named = embed_cached(texts[:1], encoders.default_encoder())
+    assert sum(seen) == 2
+    np.testing.assert_array_equal(named[0], first[0])
+
+
+def test_single_and_batched_embeddings_agree_and_are_normalised():
+    text = "My order never arrived and I want my money back."
+    single = embed_one(text)
+    clear_embedding_cache()
+    batched = embed([text, "a longer text so that the first one is padded in its batch"])[0]
+    assert abs(float(np.linalg.norm(single)) - 1.0) < 1e-5
+    assert float(single @ batched) > 0.9999
+
+
+def test_unseen_texts_are_embedded_afresh_and_not_kept_others_are_cached(monkeypatch):
+    seen = _calls(monkeypatch)
+    embed_cached(["message one", "message two"])
+    assert sum(seen) == 2
+    with unseen(["message one"]):
+        embed_one("message one")
+        embed_cached(["message one", "message two", "a tool description"])
+        embed_cached(["a tool description"])
+        assert sum(seen) == 2 + 1 + 2  # "message one" twice, the description once
+    embed_one("message one")
+    embed_one("a tool description")
+    assert sum(seen) == 5  # the old entry stands, the description was kept
+    clear_embedding_cache()
+    embed_one("message one")
+    assert sum(seen) == 6
