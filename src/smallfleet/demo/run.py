@@ -25,9 +25,12 @@ __all__ = ["DEMO_SPECIALIST_PARAMS", "DemoResult", "run_demo"]
 #: Each cluster has one fixed tool set or schema, so every argument / field of a request is
 #: answered in one encoder pass (``pack=None``): several times cheaper to train and serve.
 #: The span models learn from the newest 400 examples of a task type; the classifier, whose
-#: training costs little (only its top layer and head are trained), from all of them.
+#: training costs little (only its top layer and head are trained), from all of them. The
+#: tool callers train their top two encoder layers, not three: measured on the demo's four
+#: tool tasks (2026-12-01), as accurate or more (issue_refund 91.8% -> 97.5% exact) and
+#: 10 s faster each; the extractor keeps three (98.2% vs 96.5% with two).
 DEMO_SPECIALIST_PARAMS: dict[str, dict[str, Any]] = {
-    "tool_caller": {"max_steps": 150, "pack": None, "max_train": 400},
+    "tool_caller": {"max_steps": 150, "pack": None, "max_train": 400, "train_layers": 2},
     "extractor": {"max_steps": 150, "pack": None, "max_train": 400},
 }
 
