@@ -162,10 +162,13 @@ def predict_all(specialist: Any, entries: list[BFCLEntry], label: str, batch: in
 
 
 def single_latencies(specialist: Any, entries: list[BFCLEntry], n: int) -> list[float]:
+    from smallfleet.encoders import unseen
+
     sample = entries[:: max(1, len(entries) // n)][:n]
     specialist.predict([sample[0].request])  # warm-up
     out = []
-    with progress() as bar:
+    # the batched pass embedded these messages; time them as a live request meets them
+    with progress() as bar, unseen(e.request.last_user_text() for e in sample):
         task = bar.add_task("single-request latency", total=len(sample))
         for e in sample:
             start = time.perf_counter()

@@ -77,8 +77,13 @@ def embed(
     return out.astype(np.float32, copy=False)
 
 
+# Texts embedded in batches (curation, clustering, evaluation: they come back in later
+# stages), and texts embedded one at a time (the online path: a request's message, wanted
+# again within the same request and rarely after), each bounded, oldest evicted first.
 _CACHE: dict[tuple[str, str], Any] = {}
 _CACHE_MAX = 200_000  # about 350 MB of 384-d vectors and their texts at most
+_RECENT: dict[tuple[str, str], Any] = {}
+_RECENT_MAX = 4096  # about 7 MB: what a long-running router keeps
 
 
 _UNSEEN: list[set[str]] = []  # the texts of the active `unseen()` blocks
@@ -107,15 +112,24 @@ def _key(encoder: str | None) -> str:
 def clear_embedding_cache() -> None:
     """Forget the embeddings :func:`embed_cached` and :func:`embed_one` kept (to measure, to free memory)."""
     _CACHE.clear()
+    _RECENT.clear()
 
 
-def _keep(encoder: str, items: dict[str, Any]) -> None:
+def _get(encoder: str, text: str) -> Any:
+    if _UNSEEN and _is_unseen(text):
+        return None
+    found = _CACHE.get((encoder, text))
+    return _RECENT.get((encoder, text)) if found is None else found
+
+
+def _keep(encoder: str, items: dict[str, Any], batch: bool = True) -> None:
+    cache, limit = (_CACHE, _CACHE_MAX) if batch else (_RECENT, _RECENT_MAX)
     for t, v in items.items():
         if _UNSEEN and _is_unseen(t):
             continue
-        if len(_CACHE) >= _CACHE_MAX:
-            del _CACHE[next(iter(_CACHE))]  # oldest first
-        _CACHE[(encoder, t)] = v
+        if len(cache) >= limit:
+            del cache[next(iter(cache))]  # oldest first
+        cache[(encoder, t)] = v
 
 
 def embed_cached(
@@ -131,7 +145,8 @@ def embed_cached(
     import numpy as np
 
     enc = _key(encoder)
-    todo = list(dict.fromkeys(t for t in texts if (enc, t) not in _CACHE or (_UNSEEN and _is_unseen(t))))
+    found = {t: v for t in dict.fromkeys(texts) if (v := _get(enc, t)) is not None}
+    todo = [t for t in dict.fromkeys(texts) if t not in found]
     fresh: dict[str, Any] = {}
     step = max(batch_size * 4, 1)
     for start in range(0, len(todo), step):
@@ -141,21 +156,21 @@ def embed_cached(
             fresh[t] = v
         if on_batch:
             on_batch(len(part))
-    _keep(enc, fresh)
+    _keep(enc, fresh, batch=len(todo) > 1)
     if not texts:
         return embed([], enc)
-    return np.stack([fresh[t] if t in fresh else _CACHE[(enc, t)] for t in texts])
+    return np.stack([fresh[t] if t in fresh else found[t] for t in texts])
 
 
 def embed_one(text: str, encoder: str | None = None) -> np.ndarray:
     """One text's embedding from the shared cache, or computed without batching overhead
     (the online path: a few ms on a CPU) and kept."""
     enc = _key(encoder)
-    cached = None if _UNSEEN and _is_unseen(text) else _CACHE.get((enc, text))
+    cached = _get(enc, text)
     if cached is not None:
         return cached
     vec = _embed_single(text, enc)
-    _keep(enc, {text: vec})
+    _keep(enc, {text: vec}, batch=False)
     return vec
 
 
