@@ -40,9 +40,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from smallfleet.demo import generate_workload, to_trace_records
-    from smallfleet.encoders import embed, load_encoder
+    from smallfleet.encoders import clear_embedding_cache, embed, load_encoder
     from smallfleet.flywheel.cluster import cluster_records
-    from smallfleet.flywheel.curate import clear_embedding_cache, curate, dialogue_text
+    from smallfleet.flywheel.curate import curate, dialogue_text
 
     calls = generate_workload(args.calls + args.probes, seed=args.seed)
     fit, probes = calls[: args.calls], calls[args.calls :]

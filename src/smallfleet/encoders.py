@@ -146,8 +146,9 @@ def embed_cached(
     import numpy as np
 
     enc = _key(encoder)
-    found = {t: v for t in dict.fromkeys(texts) if (v := _get(enc, t)) is not None}
-    todo = [t for t in dict.fromkeys(texts) if t not in found]
+    unique = dict.fromkeys(texts)
+    found = {t: v for t in unique if (v := _get(enc, t)) is not None}
+    todo = [t for t in unique if t not in found]
     fresh: dict[str, Any] = {}
     step = max(batch_size * 4, 1)
     for start in range(0, len(todo), step):

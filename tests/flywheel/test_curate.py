@@ -10,12 +10,12 @@ from collections import defaultdict
 import pytest
 
 from smallfleet.demo import generate_workload, to_trace_records
+from smallfleet.encoders import embed_cached
 from smallfleet.flywheel.curate import (
     _block_key,
     curate,
     dialogue_text,
     drop_reason,
-    embed_cached,
     is_refusal,
 )
 from smallfleet.store.records import TraceRecord

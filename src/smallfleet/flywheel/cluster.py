@@ -187,10 +187,7 @@ class SignatureEncoder:
     def encode_one(self, sig: Signature) -> np.ndarray:
         """One signature's vector, bypassing batching overhead (for the online matcher)."""
         system, structure = self._fixed([sig.system, sig.structure])
-        return self._combine(system, structure, self._dialogue_one(sig.dialogue))
-
-    def _dialogue_one(self, text: str) -> np.ndarray:
-        return embed_one(text, self.encoder)
+        return self._combine(system, structure, embed_one(sig.dialogue, self.encoder))
 
 
 # ---------------------------------------------------------------- output shape

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from smallfleet.encoders import clear_embedding_cache, embed_cached
+from smallfleet.encoders import embed_cached
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,11 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DROP_REASONS",
     "Curated",
-    "clear_embedding_cache",
     "curate",
     "dialogue_text",
     "drop_reason",
-    "embed_cached",
     "is_refusal",
     "task_text",
 ]
