@@ -6,7 +6,9 @@ and the process's peak memory. The baseline, measured in the same run, is the co
 embedding the same number of texts with the bundled encoder (the floor for curation
 and clustering, which must embed every request once; timed on up to 5,000 texts and
 scaled to the size), so the stage times are also shown as multiples of it. Each size
-runs in its own process, so peak memory is per size.
+runs in its own process, so peak memory is per size; training runs in worker processes
+(one per CPU, at most four), whose largest peak is shown beside it, with the bound on
+the memory of all processes together.
 
     python benchmarks/flywheel_scale.py [--sizes 2000 10000 100000] [--max-train 1500]
 
@@ -64,6 +66,7 @@ def one_size(calls: int, max_train: int, workdir: Path) -> dict[str, object]:
         "embed_baseline_s": round(baseline, 2),
         "total_s": round(total, 2),
         "stages": run.stages,
+        "workers": run.workers,
         "promoted": len(run.promoted),
         "clusters": len(run.clusters),
     }
@@ -99,6 +102,15 @@ def main() -> None:
             print(
                 f"  {stage:<36} {v['seconds']:8.1f} s  ({ratio:5.2f}x baseline)  "
                 f"peak RSS {v['peak_rss_mb']:7.0f} MB"
+            )
+        last = list(r["stages"].values())[-1]
+        worker_peak = last.get("worker_peak_rss_mb")
+        if worker_peak:
+            # at most all workers at their peak beside this process at its own
+            bound = last["peak_rss_mb"] + r["workers"] * worker_peak
+            print(
+                f"  training in {r['workers']} worker processes: largest worker peak RSS "
+                f"{worker_peak:.0f} MB; memory in all at most {bound:.0f} MB"
             )
     if len(rows) > 1:
         a, b = rows[0], rows[-1]

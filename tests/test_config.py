@@ -128,6 +128,7 @@ def test_typo_is_named_with_a_suggestion(tmp_path: Path, yaml_text: str, key: st
         ("models:\n  big:\n    backend: grpc\n", "models.big"),
         ("models:\n  big:\n    backend: local\n", "models.big.model"),
         ("flywheel:\n  executor: spark\n", "flywheel.executor"),
+        ("flywheel:\n  workers: 0\n", "flywheel.workers"),
         ("- a\n- b\n", "mapping"),
         ("store: [unclosed\n", "not valid YAML"),
     ],

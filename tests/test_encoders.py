@@ -91,3 +91,18 @@ def test_texts_embedded_one_at_a_time_are_kept_in_a_small_bounded_cache(monkeypa
     embed_cached(["request number 4"])
     embed_cached(["request number 0"])  # evicted: embedded again
     assert sum(seen) == 6
+
+
+def test_embeddings_handed_to_another_process_are_not_computed_again(monkeypatch):
+    """What a flywheel worker gets: the parent's embeddings of its texts, kept, not recomputed."""
+    import pickle
+
+    texts = ["where is my parcel ORD-1", "change my address please"]
+    want = embed_cached(texts)
+    handed = pickle.loads(pickle.dumps(encoders.cached_embeddings([*texts, "never embedded"])))
+    assert sorted(t for _, t in handed) == sorted(texts)
+    clear_embedding_cache()
+    seen = _calls(monkeypatch)
+    encoders.remember_embeddings(handed)
+    np.testing.assert_array_equal(embed_cached(texts), want)
+    assert seen == []

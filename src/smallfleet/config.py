@@ -163,6 +163,9 @@ class FlywheelConfig(_Section):
     target_accuracy: float = Field(0.95, gt=0, le=1)
     min_coverage: float = Field(0.2, ge=0, le=1)
     executor: Literal["local", "ray"] = "local"
+    workers: int | None = Field(
+        None, ge=1, description="Processes training task types at once (local executor); default: CPUs, ≤ 4."
+    )
     specialists_dir: str = "./smallfleet-specialists"
     cpu_only: bool = True
     gpu_memory_gb: float = Field(0.0, ge=0)

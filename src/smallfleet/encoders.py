@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ENCODER_ID",
+    "cached_embeddings",
     "clear_embedding_cache",
     "default_encoder",
     "embed",
     "embed_cached",
     "embed_one",
     "load_encoder",
+    "remember_embeddings",
     "unseen",
 ]
 
@@ -114,6 +116,21 @@ def clear_embedding_cache() -> None:
     """Forget the embeddings :func:`embed_cached` and :func:`embed_one` kept (to measure, to free memory)."""
     _CACHE.clear()
     _RECENT.clear()
+
+
+def cached_embeddings(texts: Iterable[str]) -> dict[tuple[str, str], Any]:
+    """The kept embeddings of ``texts`` (under every encoder), to hand to another process."""
+    wanted = set(texts)
+    return {k: v for cache in (_CACHE, _RECENT) for k, v in cache.items() if k[1] in wanted}
+
+
+def remember_embeddings(entries: dict[tuple[str, str], Any]) -> None:
+    """Keep embeddings another process computed (from :func:`cached_embeddings`)."""
+    by_encoder: dict[str, dict[str, Any]] = {}
+    for (enc, text), vec in entries.items():
+        by_encoder.setdefault(enc, {})[text] = vec
+    for enc, items in by_encoder.items():
+        _keep(enc, items)
 
 
 def _get(encoder: str, text: str) -> Any:

@@ -140,16 +140,28 @@ def test_drift_a_renamed_tool_gets_a_new_route(flywheel: Any) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_ray_on_sqlite_gives_the_routes_local_gives_on_postgresql(pg_schema: str, tmp_path: Path) -> None:
+def test_ray_and_worker_processes_give_the_routes_in_process_gives(pg_schema: str, tmp_path: Path) -> None:
+    """In-process on PostgreSQL, Ray tasks and two worker processes on SQLite: the same routes."""
     pytest.importorskip("ray")
-    calls = to_trace_records(_calls(1400, seed=31, types={"lookup_order"}))
+    calls = to_trace_records(_calls(1000, seed=31, types={"lookup_order", "intent"}))
     results = {}
-    for executor, url in (("local", pg_schema), ("ray", f"sqlite:///{tmp_path / 'ray.db'}")):
+    runs = (
+        ("local", pg_schema, {"workers": 1}),
+        ("ray", f"sqlite:///{tmp_path / 'ray.db'}", {"executor": "ray"}),
+        ("workers", f"sqlite:///{tmp_path / 'workers.db'}", {"workers": 2}),
+    )
+    for name, url, kw in runs:
         store = TraceStore(url)
         store.write_traces(calls)
-        run = run_flywheel(store, _options(tmp_path / executor, executor=executor))
-        assert [c.status for c in run.clusters] == ["promoted"]
+        run = run_flywheel(store, _options(tmp_path / name, **kw))
+        assert [c.status for c in run.clusters] == ["promoted", "promoted"]
+        assert all(c.candidates[0].train_seconds > 0 for c in run.clusters)
         active = RouteStore(store.engine).active()
-        results[executor] = [(r.name, r.kind, round(r.threshold, 4)) for r in active]
-    assert results["local"] == results["ray"]
-    assert [kind for _, kind, _ in results["local"]] == ["tool_caller"]
+        results[name] = sorted((r.name, r.kind, r.threshold) for r in active)
+    routes = {name: [(n, kind) for n, kind, _ in r] for name, r in results.items()}
+    assert routes["local"] == routes["ray"] == routes["workers"]
+    assert sorted(kind for _, kind in routes["local"]) == ["classifier", "tool_caller"]
+    # one thread per Ray task and worker, two in-process: the same thresholds, up to float sums
+    thresholds = {name: [t for _, _, t in r] for name, r in results.items()}
+    assert thresholds["ray"] == pytest.approx(thresholds["local"], abs=1e-2)
+    assert thresholds["workers"] == pytest.approx(thresholds["local"], abs=1e-2)

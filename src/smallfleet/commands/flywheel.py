@@ -26,6 +26,9 @@ def run(
     ),
     promote: str = typer.Option("shadow", "--promote", help="Mode of new routes: shadow, canary:P or on."),
     executor: str | None = typer.Option(None, "--executor", help="local (in-process) or ray."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Local executor: processes training task types at once."
+    ),
     out: Path = typer.Option(Path("report.html"), "--report", help="Where to write the HTML report."),
 ) -> None:
     """Curate, cluster, select, train, evaluate and promote, on the traces in the store."""
@@ -46,6 +49,7 @@ def run(
         min_coverage=min_coverage,
         promote_mode=promote,
         executor=executor,
+        workers=workers,
     )
     store = TraceStore(s.store.url)
     result = run_flywheel(store, opts)
