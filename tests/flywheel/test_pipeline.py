@@ -156,6 +156,9 @@ def test_ray_and_worker_processes_give_the_routes_in_process_gives(pg_schema: st
         run = run_flywheel(store, _options(tmp_path / name, **kw))
         assert [c.status for c in run.clusters] == ["promoted", "promoted"]
         assert all(c.candidates[0].train_seconds > 0 for c in run.clusters)
+        assert run.workers == kw.get("workers", 1)
+        if run.workers > 1:  # the workers' own memory, not the parent's pages their fork shared
+            assert run.worker_peak_rss_mb is not None and 100 < run.worker_peak_rss_mb < 4096
         active = RouteStore(store.engine).active()
         results[name] = sorted((r.name, r.kind, r.threshold) for r in active)
     routes = {name: [(n, kind) for n, kind, _ in r] for name, r in results.items()}
@@ -165,3 +168,21 @@ def test_ray_and_worker_processes_give_the_routes_in_process_gives(pg_schema: st
     thresholds = {name: [t for _, _, t in r] for name, r in results.items()}
     assert thresholds["ray"] == pytest.approx(thresholds["local"], abs=1e-2)
     assert thresholds["workers"] == pytest.approx(thresholds["local"], abs=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("workers", "own_mb", "budget_mb", "expected"),
+    [
+        (2, 1300.0, 24000.0, 2),  # plenty of memory: one per CPU
+        (4, 1300.0, 6000.0, 2),  # room for two beside the run
+        (2, 3200.0, 4096.0, 1),  # a 100k-trace run within 4 GiB: in-process
+        (2, None, 4096.0, 2),  # memory unknown (not Linux): as configured
+        (1, 500.0, 100000.0, 1),
+    ],
+)
+def test_workers_start_only_where_they_fit_in_memory(
+    workers: int, own_mb: float | None, budget_mb: float, expected: int
+) -> None:
+    from smallfleet.flywheel.pipeline import workers_for_memory
+
+    assert workers_for_memory(workers, own_mb, budget_mb) == expected

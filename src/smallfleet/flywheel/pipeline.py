@@ -72,8 +72,11 @@ class FlywheelOptions:
     executor: str = "local"
     #: Processes that train task types at once with the local executor (None: one per CPU, at
     #: most four, when there are at least PARALLEL_MIN_EXAMPLES training examples to
-    #: learn from; 1: all in this process).
+    #: learn from and they fit in ``memory_gb``; 1: all in this process).
     workers: int | None = None
+    #: Memory (GiB) the run may use in all, its workers included: when ``workers`` is not set,
+    #: fewer workers where they would not fit (None: what the machine has available).
+    memory_gb: float | None = None
     specialists_dir: str = "./smallfleet-specialists"
     cpu_only: bool = True
     gpu_memory_gb: float = 0.0
@@ -99,6 +102,7 @@ class FlywheelOptions:
             min_coverage=fw.min_coverage,
             executor=fw.executor,
             workers=fw.workers,
+            memory_gb=fw.memory_gb,
             specialists_dir=fw.specialists_dir,
             cpu_only=fw.cpu_only,
             gpu_memory_gb=fw.gpu_memory_gb,
@@ -161,11 +165,12 @@ class FlywheelRun:
     noise: dict[str, Any] = field(default_factory=dict)
     projection: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
-    #: stage → {"seconds", "peak_rss_mb"} (the process's peak resident memory after the stage,
-    #: and "worker_peak_rss_mb", the largest worker process's, once workers have run)
+    #: stage → {"seconds", "peak_rss_mb"} (the process's peak resident memory after the stage)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     #: processes that trained task types at once (1: this one)
     workers: int = 1
+    #: the largest worker process's peak resident memory (MB), when workers trained
+    worker_peak_rss_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,10 +204,6 @@ class _StageClock:
                     "seconds": round(time.perf_counter() - t0, 3),
                     "peak_rss_mb": round(peak, 1),
                 }
-                # the largest worker process so far (training in worker processes)
-                children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-                if children > 0:
-                    self.into[name]["worker_peak_rss_mb"] = round(children, 1)
 
         return timed()
 
@@ -423,6 +424,67 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
     return done
 
 
+def _worker_job(job: dict[str, Any]) -> tuple[list[CandidateResult], float | None]:
+    """:func:`train_and_evaluate` in a worker process, with the worker's peak memory (MB)."""
+    return train_and_evaluate(job), _own_peak_rss_mb()
+
+
+def _own_peak_rss_mb() -> float | None:
+    """This process's peak resident memory since it was exec'd (``VmHWM``; ``ru_maxrss`` would
+    count the parent's pages the spawning fork shared before its exec)."""
+    return _status_mb("VmHWM")
+
+
+def _status_mb(field: str, path: str = "/proc/self/status") -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` or ``/proc/meminfo`` in MB (None off Linux)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _available_mb(memory_gb: float | None) -> float | None:
+    """The memory the run may use in all: ``memory_gb``, else what the machine has available
+    plus what this process holds already."""
+    if memory_gb is not None:
+        return memory_gb * 1024
+    free, own = _status_mb("MemAvailable", "/proc/meminfo"), _status_mb("VmRSS")
+    return None if free is None else free + (own or 0.0)
+
+
+#: A training worker's peak memory, measured on the demo's task types at 10k and 100k traces
+#: (1,537 and 1,709 MB resident, shared libraries included).
+WORKER_MB = 1800.0
+
+
+def workers_for_memory(workers: int, own_mb: float | None, budget_mb: float | None) -> int:
+    """At most ``workers``, fewer where this process (``own_mb``) and the workers at their peak
+    would not fit in ``budget_mb``; at least 1 (in-process: no worker at all)."""
+    if own_mb is None or budget_mb is None or workers <= 1:
+        return max(1, workers)
+    fit = int((budget_mb - own_mb) // WORKER_MB)
+    return max(1, min(workers, fit))
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so that what this
+    process dropped (the examples beyond the training caps) is free for worker processes."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def _cpu_count() -> int:
     import os
 
@@ -616,7 +678,7 @@ class Flywheel:
             examples = _split_by_time(recs)
             for split in ("validation", "test"):  # the newest ones: enough to judge, bounded in cost
                 examples[split] = examples[split][-self.opts.max_eval :]
-            train = examples["train"][-self.opts.max_train :]
+            train = examples["train"] = examples["train"][-self.opts.max_train :]  # what is kept: bounded
             profile = profile_task([*train, *examples["validation"]]) if train else None
             shape = getattr(profile, "shape", "text") if profile else "text"
             cost = sum(r.cost_usd or 0.0 for r in recs)
@@ -649,7 +711,7 @@ class Flywheel:
                     continue
             progress.advance(task)
         run.workers = self._workers([p[0] for p in pending])
-        outcomes = self._execute([p[0] for p in pending], run.workers, lambda: progress.advance(task))
+        outcomes = self._execute(run, [p[0] for p in pending], lambda: progress.advance(task))
         for (_, cres, info, train, examples, serving), cands in zip(pending, outcomes, strict=True):
             cres.candidates.extend(cands)
             self._promote(run, cres, info, train, examples, serving)
@@ -749,15 +811,22 @@ class Flywheel:
         """
         if self.opts.executor == "ray" or len(jobs) < 2:
             return 1
-        if self.opts.workers is None:
-            examples = sum(len(j["jobs"][0]["train"]) for j in jobs)
-            if examples < PARALLEL_MIN_EXAMPLES:
-                return 1
-        return max(1, min(self.opts.workers or default_workers(), len(jobs)))
+        if self.opts.workers is not None:
+            return max(1, min(self.opts.workers, len(jobs)))
+        examples = sum(len(j["jobs"][0]["train"]) for j in jobs)
+        if examples < PARALLEL_MIN_EXAMPLES:
+            return 1
+        _release_memory()
+        return workers_for_memory(
+            min(default_workers(), len(jobs)), _status_mb("VmRSS"), _available_mb(self.opts.memory_gb)
+        )
 
-    def _execute(self, jobs: list[dict[str, Any]], workers: int, done: Any) -> list[list[CandidateResult]]:
-        """Run the task types' training jobs, in ``workers`` processes when more than one (each
-        with its share of the CPU threads); ``done()`` after each."""
+    def _execute(
+        self, run: FlywheelRun, jobs: list[dict[str, Any]], done: Any
+    ) -> list[list[CandidateResult]]:
+        """Run the task types' training jobs, in ``run.workers`` processes when more than one
+        (each with its share of the CPU threads); ``done()`` after each."""
+        workers = run.workers
         if workers == 1:
             out = []
             for job in jobs:
@@ -769,6 +838,7 @@ class Flywheel:
 
         from smallfleet.encoders import cached_embeddings
 
+        _release_memory()  # what this process dropped is free for the workers
         threads = max(1, _cpu_count() // workers)
         results: list[list[CandidateResult] | None] = [None] * len(jobs)
         # a worker reads the message embeddings this process computed in curation (the tool
@@ -779,11 +849,13 @@ class Flywheel:
             job["embeddings"] = cached_embeddings(texts)
         # spawned, not forked: a fork of a process whose OpenMP threads have run can hang
         with cf.ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads,)) as pool:
-            futures = {pool.submit(train_and_evaluate, job): i for i, job in enumerate(jobs)}
+            futures = {pool.submit(_worker_job, job): i for i, job in enumerate(jobs)}
             for fut in cf.as_completed(futures):
                 i = futures[fut]
                 try:
-                    results[i] = fut.result()
+                    results[i], peak = fut.result()
+                    if peak is not None:
+                        run.worker_peak_rss_mb = max(run.worker_peak_rss_mb or 0.0, peak)
                 except Exception as e:  # a worker that died (out of memory, say): train here instead
                     log.warning("a training worker failed (%s); training %s in-process", e, i)
                     results[i] = train_and_evaluate(jobs[i])
