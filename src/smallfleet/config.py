@@ -166,9 +166,7 @@ class FlywheelConfig(_Section):
     workers: int | None = Field(
         None, ge=1, description="Processes training task types at once (local executor); default: CPUs, ≤ 4."
     )
-    memory_gb: float | None = Field(
-        None, gt=0, description="Memory a run may use, workers included; default: what is available."
-    )
+    memory_gb: float = Field(4.0, gt=0, description="Memory a run may use, training workers included (GiB).")
     specialists_dir: str = "./smallfleet-specialists"
     cpu_only: bool = True
     gpu_memory_gb: float = Field(0.0, ge=0)

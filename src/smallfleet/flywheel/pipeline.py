@@ -72,11 +72,11 @@ class FlywheelOptions:
     executor: str = "local"
     #: Processes that train task types at once with the local executor (None: one per CPU, at
     #: most four, when there are at least PARALLEL_MIN_EXAMPLES training examples to
-    #: learn from and they fit in ``memory_gb``; 1: all in this process).
+    #: learn from and the workers fit in ``memory_gb``; 1: all in this process).
     workers: int | None = None
     #: Memory (GiB) the run may use in all, its workers included: when ``workers`` is not set,
-    #: fewer workers where they would not fit (None: what the machine has available).
-    memory_gb: float | None = None
+    #: fewer workers where they would not fit (never more than the machine has available).
+    memory_gb: float = 4.0
     specialists_dir: str = "./smallfleet-specialists"
     cpu_only: bool = True
     gpu_memory_gb: float = 0.0
@@ -446,23 +446,23 @@ def _status_mb(field: str, path: str = "/proc/self/status") -> float | None:
     return None
 
 
-def _available_mb(memory_gb: float | None) -> float | None:
-    """The memory the run may use in all: ``memory_gb``, else what the machine has available
-    plus what this process holds already."""
-    if memory_gb is not None:
-        return memory_gb * 1024
+def _available_mb(memory_gb: float) -> float:
+    """The memory the run may use in all: ``memory_gb``, or less where the machine has less
+    available (beside what this process holds already)."""
     free, own = _status_mb("MemAvailable", "/proc/meminfo"), _status_mb("VmRSS")
-    return None if free is None else free + (own or 0.0)
+    budget = memory_gb * 1024
+    return budget if free is None else min(budget, free + (own or 0.0))
 
 
-#: A training worker's peak memory, measured on the demo's task types at 10k and 100k traces
-#: (1,537 and 1,709 MB resident, shared libraries included).
-WORKER_MB = 1800.0
+#: What a training worker adds to the memory of all processes together: measured on the
+#: demo's task types, two workers added 1.74 GB at 10k traces and 1.67 GB at 100k (PSS:
+#: the shared libraries counted once; each worker's own resident peak was 1.5-1.7 GB).
+WORKER_MB = 1000.0
 
 
 def workers_for_memory(workers: int, own_mb: float | None, budget_mb: float | None) -> int:
-    """At most ``workers``, fewer where this process (``own_mb``) and the workers at their peak
-    would not fit in ``budget_mb``; at least 1 (in-process: no worker at all)."""
+    """At most ``workers``, fewer where this process (``own_mb``) and the workers (``WORKER_MB``
+    each) would not fit in ``budget_mb``; 1 means in-process (a single worker gains nothing)."""
     if own_mb is None or budget_mb is None or workers <= 1:
         return max(1, workers)
     fit = int((budget_mb - own_mb) // WORKER_MB)
