@@ -425,14 +425,10 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
 
 
 def _worker_job(job: dict[str, Any]) -> tuple[list[CandidateResult], float | None]:
-    """:func:`train_and_evaluate` in a worker process, with the worker's peak memory (MB)."""
-    return train_and_evaluate(job), _own_peak_rss_mb()
-
-
-def _own_peak_rss_mb() -> float | None:
-    """This process's peak resident memory since it was exec'd (``VmHWM``; ``ru_maxrss`` would
-    count the parent's pages the spawning fork shared before its exec)."""
-    return _status_mb("VmHWM")
+    """:func:`train_and_evaluate` in a worker process, with the worker's peak memory (MB):
+    ``VmHWM``, its peak since it was exec'd (``ru_maxrss`` would count the parent's pages the
+    spawning fork shared before its exec)."""
+    return train_and_evaluate(job), _status_mb("VmHWM")
 
 
 def _status_mb(field: str, path: str = "/proc/self/status") -> float | None:
@@ -510,15 +506,6 @@ def _init_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # the parent's progress bars own the terminal
-
-
-def _user_text(example: dict[str, Any]) -> str:
-    """The last user message of a serialised example (what a tool caller's selector embeds)."""
-    for m in reversed((example.get("request") or {}).get("messages") or []):
-        if m.get("role") == "user":
-            content = m.get("content")
-            return content if isinstance(content, str) else json.dumps(content)
-    return ""
 
 
 def _old_route_on(route: Route, test: Sequence[Example], shape: str) -> dict[str, Any] | None:
@@ -672,7 +659,7 @@ class Flywheel:
         self._matchers = build_matchers([r.request or {} for r in kept], clustering)
         task = progress.add_task("select, train, evaluate", total=len(by_cluster))
         budget = Budget(cpu_only=self.opts.cpu_only, gpu_memory_gb=self.opts.gpu_memory_gb)
-        pending: list[tuple[dict[str, Any], ClusterResult, Any, list[Example], dict[str, Any], Any]] = []
+        pending: list[tuple[dict[str, Any], ClusterResult, Any, dict[str, list[Example]], Route | None]] = []
         for label, recs in sorted(by_cluster.items(), key=lambda kv: -len(kv[1])):
             info = clustering.clusters[label]
             examples = _split_by_time(recs)
@@ -705,16 +692,19 @@ class Flywheel:
                 candidates = select(profile, budget)
                 if self.opts.kinds:
                     candidates = [c for c in candidates if c.kind in self.opts.kinds]
-                job = self._cluster_job(cres, train, examples, candidates, active.get(key))
+                job = self._cluster_job(cres, examples, candidates, active.get(key))
                 if job is not None:
-                    pending.append((job, cres, info, train, examples, active.get(key)))
+                    pending.append((job, cres, info, examples, active.get(key)))
                     continue
             progress.advance(task)
-        run.workers = self._workers([p[0] for p in pending])
-        outcomes = self._execute(run, [p[0] for p in pending], lambda: progress.advance(task))
-        for (_, cres, info, train, examples, serving), cands in zip(pending, outcomes, strict=True):
+        jobs = [p[0] for p in pending]
+        if len(jobs) > 1:
+            _release_memory()  # what this process dropped is free for the workers (and measured)
+        run.workers = self._workers(jobs)
+        outcomes = self._execute(run, jobs, lambda: progress.advance(task))
+        for (_, cres, info, examples, serving), cands in zip(pending, outcomes, strict=True):
             cres.candidates.extend(cands)
-            self._promote(run, cres, info, train, examples, serving)
+            self._promote(run, cres, info, examples, serving)
 
     def _route_name(self, info: Any, recs: list[TraceRecord], active: dict[str, Route]) -> str:
         """A stable name: the active route whose matcher claims most of this cluster, else a new slug."""
@@ -736,7 +726,6 @@ class Flywheel:
     def _cluster_job(
         self,
         cres: ClusterResult,
-        train: list[Example],
         examples: dict[str, list[Example]],
         candidates: list[Any],
         serving: Route | None,
@@ -744,6 +733,7 @@ class Flywheel:
         """What training this task type takes (for :func:`train_and_evaluate`), or None when
         there is nothing to train: no candidate, or the serving route still fits its data."""
         opts = self.opts
+        train = examples["train"]
         if not candidates:
             cres.status = "no_candidate"
             return None
@@ -800,6 +790,8 @@ class Flywheel:
             "test": [ex.to_dict() for ex in examples["test"]],
             "shape": cres.shape,
             "options": opts,
+            # the messages a tool caller's selector embeds (what a worker is handed embeddings of)
+            "messages": [ex.request.last_user_text() for split in examples.values() for ex in split],
         }
 
     def _workers(self, jobs: list[dict[str, Any]]) -> int:
@@ -816,7 +808,6 @@ class Flywheel:
         examples = sum(len(j["jobs"][0]["train"]) for j in jobs)
         if examples < PARALLEL_MIN_EXAMPLES:
             return 1
-        _release_memory()
         return workers_for_memory(
             min(default_workers(), len(jobs)), _status_mb("VmRSS"), _available_mb(self.opts.memory_gb)
         )
@@ -838,15 +829,12 @@ class Flywheel:
 
         from smallfleet.encoders import cached_embeddings
 
-        _release_memory()  # what this process dropped is free for the workers
         threads = max(1, _cpu_count() // workers)
         results: list[list[CandidateResult] | None] = [None] * len(jobs)
         # a worker reads the message embeddings this process computed in curation (the tool
         # callers' selector uses them) instead of computing them again
         for job in jobs:
-            texts = [_user_text(d) for split in ("validation", "test") for d in job[split]]
-            texts += [_user_text(d) for j in job["jobs"] for d in j["train"]]
-            job["embeddings"] = cached_embeddings(texts)
+            job["embeddings"] = cached_embeddings(job.pop("messages"))
         # spawned, not forked: a fork of a process whose OpenMP threads have run can hang
         with cf.ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads,)) as pool:
             futures = {pool.submit(_worker_job, job): i for i, job in enumerate(jobs)}
@@ -867,7 +855,6 @@ class Flywheel:
         run: FlywheelRun,
         cres: ClusterResult,
         info: Any,
-        train: list[Example],
         examples: dict[str, list[Example]],
         serving: Route | None,
     ) -> None:
@@ -908,7 +895,7 @@ class Flywheel:
             data_hash=chosen.data_hash,
             metrics={
                 **{k: chosen.test.get(k) for k in ("accuracy", "kept_accuracy", "coverage", "n")},
-                "n_train": len(train),
+                "n_train": len(examples["train"]),
                 "curve": chosen.curve,
                 "latency_p50_ms": chosen.latency_p50_ms,
                 "large_latency_p50_ms": cres.latency_p50_ms,
