@@ -457,25 +457,60 @@ def test_save_load_gives_identical_predictions(trained: ToolCaller, tmp_path: Pa
     assert [round(p.confidence, 5) for p in a] == [round(p.confidence, 5) for p in b]
 
 
-@pytest.mark.parametrize("slots", [False, True])
+@pytest.mark.parametrize(("slots", "dtype", "tol"), [(False, "float32", 1e-4), (True, "float32", 1e-4),
+                                                     (True, "bfloat16", 5e-3)])  # fmt: skip
 def test_predictions_do_not_depend_on_the_batch_or_the_cached_query_states(
-    trained: ToolCaller, tmp_path: Path, slots: bool
+    trained: ToolCaller, tmp_path: Path, slots: bool, dtype: str, tol: float
 ) -> None:
     """Where the encoder's lower layers read the queries apart and cache their states, a request
-    gets the same calls alone, in a batch, and with a cold or a warm cache."""
+    gets the same calls alone, in a batch, and with a cold or a warm cache (in bfloat16, where
+    padding changes the rounding, the confidences to within 0.005: measured 0.0013)."""
     trained.save(tmp_path / "tc")
     cfg = json.loads((tmp_path / "tc" / "engine.json").read_text())
     cfg.update(separate_layers=3, query_slots=slots)  # the same weights read the separate way
     (tmp_path / "tc" / "engine.json").write_text(json.dumps(cfg))
+    meta = json.loads((tmp_path / "tc" / "specialist.json").read_text())
+    meta["params"]["dtype"] = dtype
+    (tmp_path / "tc" / "specialist.json").write_text(json.dumps(meta))
     model = load_specialist(tmp_path / "tc")
     assert isinstance(model, ToolCaller) and model.engine.separate_layers == 3
-    assert model.engine.query_slots is slots
+    assert model.engine.query_slots is slots and model.engine.dtype == dtype
     reqs = [ex.request for ex in make(12, HELD_OUT_TOOLS, "test", seed=7)]
     together = model.predict(reqs)
     model.engine._query_states.clear()
     alone = [model.predict([r])[0] for r in reqs]
     assert [_calls(p.response) for p in alone] == [_calls(p.response) for p in together]
-    assert [p.confidence for p in alone] == pytest.approx([p.confidence for p in together], abs=1e-4)
+    assert [p.confidence for p in alone] == pytest.approx([p.confidence for p in together], abs=tol)
+
+
+def test_bfloat16_answers_agree_with_float32_and_the_saved_weights_stay_float32(
+    trained: ToolCaller, tmp_path: Path
+) -> None:
+    """Answers in bfloat16 come from a cast copy of the encoder: what is saved after them is the
+    float32 model, and on tools never seen the two dtypes make the same calls."""
+    import torch
+    from safetensors import safe_open
+
+    reqs = [ex.request for ex in make(24, HELD_OUT_TOOLS, "test", seed=11)]
+    trained.predict(reqs[:4])
+    trained.save(tmp_path / "tc")
+    with safe_open(str(tmp_path / "tc" / "encoder" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # noqa: SIM118
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        meta = json.loads((tmp_path / "tc" / "specialist.json").read_text())
+        meta["params"]["dtype"] = dtype
+        (tmp_path / "tc" / "specialist.json").write_text(json.dumps(meta))
+        model = load_specialist(tmp_path / "tc")
+        assert isinstance(model, ToolCaller) and model.engine.dtype == dtype
+        got[dtype] = model.predict(reqs)
+    pairs = list(zip(got["float32"], got["bfloat16"], strict=True))
+    same = [_calls(a.response) == _calls(b.response) for a, b in pairs]
+    gap = max(abs(a.confidence - b.confidence) for a, b in pairs)
+    print(f"bfloat16 calls as float32's: {sum(same)}/{len(same)}; largest confidence gap {gap:.3f}")
+    assert sum(same) >= 0.9 * len(same)
+    with pytest.raises(UserError, match="dtype"):
+        ToolCaller(dtype="float16")
 
 
 def test_bad_training_data_is_a_clear_error() -> None:

@@ -30,6 +30,7 @@ are about 70% of a pack's tokens, so this is where most of the encoder's work we
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet._extras import require
-from smallfleet.specialists._encoder import run_layers
+from smallfleet.specialists._encoder import inference_dtype, run_layers
 
 __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
 
@@ -110,6 +111,7 @@ class EncoderEngine:
         query_slots: bool | None = None,
         threads: int | None = None,
         seed: int = 0,
+        dtype: str = "auto",
         _path: str | None = None,
     ) -> None:
         from smallfleet.encoders import default_encoder
@@ -122,6 +124,8 @@ class EncoderEngine:
         self.max_length = max_length
         self.pack = pack  # the most decisions one pass answers (None: all that fit; 1: one per pass)
         self.train_layers = train_layers
+        self.dtype = inference_dtype(dtype)  # what answers run in; training is always float32
+        self._infer_backbone: Any = None  # the encoder cast to ``dtype``, made at the first answer
         path = _path or self.base
         transformers.utils.logging.disable_progress_bar()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
@@ -163,7 +167,19 @@ class EncoderEngine:
     ) -> EncoderEngine:
         """A new engine from a specialist's parameters (the keys this constructor takes)."""
         keys = ("max_length", "pack", "train_layers", "separate_layers", "query_slots", "seed")
-        return cls(base, threads=threads, **{k: params[k] for k in keys})
+        dtype = params.get("dtype", "auto")
+        return cls(base, threads=threads, dtype=dtype, **{k: params[k] for k in keys})
+
+    def _backbone(self) -> Any:
+        """The encoder a pass runs through: the float32 one while training, else one in ``dtype``."""
+        bb = self.net["backbone"]
+        if self.net.training or self.dtype == "float32":
+            return bb
+        if self._infer_backbone is None:
+            torch = require("torch", "local")
+            self._infer_backbone = copy.deepcopy(bb).to(getattr(torch, self.dtype)).eval()
+            self._query_states = {}  # states cached by the other copy
+        return self._infer_backbone
 
     # ------------------------------------------------------------ packing
 
@@ -311,11 +327,11 @@ class EncoderEngine:
         as one vector (the mean of its lower states), so they read ``[CLS] q1 … qm [SEP] text``
         and a query's upper state is written back over its tokens; otherwise they read every token.
         """
-        bb = self.net["backbone"]
+        bb = self._backbone()
         k = self.separate_layers
         if not k:
             inputs = {n: v for n, v in enc.items() if n in ("input_ids", "attention_mask", "token_type_ids")}
-            return bb(**inputs).last_hidden_state
+            return bb(**inputs).last_hidden_state.float()
         torch = require("torch", "local")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         b, t = ids.shape
@@ -328,15 +344,16 @@ class EncoderEngine:
         texts = self._text_states if self._text_states is not None else {}
         queries = self._bottom([a for a, _ in parts], 0, self._query_states, QUERY_CACHE_SIZE)
         rest = self._bottom([x for _, x in parts], 1, texts, None)
+        dtype = next(iter(queries.values())).dtype
         if not self.query_slots:
-            hidden = torch.zeros((b, t, bb.config.hidden_size))
+            hidden = torch.zeros((b, t, bb.config.hidden_size), dtype=dtype)
             for i, (a, x) in enumerate(parts):
                 hidden[i, : len(a)] = queries[a]
                 hidden[i, len(a) : len(a) + len(x)] = rest[x]
-            return self._top(hidden, mask)
+            return self._top(hidden, mask).float()
         slots = [_query_tokens(enc, i, spans) for i, spans in enumerate(ranges)]
         n = max(2 + len(sl) + len(x) for sl, (_, x) in zip(slots, parts, strict=True))
-        short = torch.zeros((b, n, bb.config.hidden_size))
+        short = torch.zeros((b, n, bb.config.hidden_size), dtype=dtype)
         short_mask = torch.zeros((b, n), dtype=torch.long)
         # where each position of the packs' layout reads its upper state from: [CLS], each
         # query's tokens its slot, the text; the rest (n) a zero row
@@ -353,13 +370,13 @@ class EncoderEngine:
             short[i, 2 + m : 2 + m + len(x)] = rest[x]
             short_mask[i, : 2 + m + len(x)] = 1
             where[i, len(a) : len(a) + len(x)] = torch.arange(len(x)) + 2 + m
-        top = self._top(short, short_mask)
+        top = self._top(short, short_mask).float()
         top = torch.cat([top, top.new_zeros((b, 1, top.shape[-1]))], dim=1)
         return torch.gather(top, 1, where.unsqueeze(-1).expand(b, t, top.shape[-1]))
 
     def _top(self, hidden: Any, mask: Any) -> Any:
         """The upper layers (those above ``separate_layers``) over states ``[B, T, H]``."""
-        bb = self.net["backbone"]
+        bb = self._backbone()
         return run_layers(bb.config, bb.encoder.layer[self.separate_layers :], hidden, mask)
 
     def _bottom(
@@ -368,7 +385,7 @@ class EncoderEngine:
         """Lower-layer states of token sequences (query parts from position 0, texts from 1, as
         if after ``[CLS]``), from ``cache`` or computed in batches and added to it."""
         torch = require("torch", "local")
-        bb = self.net["backbone"]
+        bb = self._backbone()
         todo = sorted((x for x in dict.fromkeys(keys) if x not in cache), key=len)
         pad = self.tokenizer.pad_token_id or 0
         with torch.no_grad():
@@ -500,8 +517,9 @@ class EncoderEngine:
         self.net.train()
         bar = _progress(progress)
         # lower-layer states made under inference mode cannot feed a backward pass, and texts
-        # come back every epoch: fresh caches for the fit, dropped after it
+        # come back every epoch: fresh caches for the fit, dropped after it; the weights change
         self._query_states, self._text_states = {}, {}
+        self._infer_backbone = None
         try:
             task = bar.add_task(description, total=total) if bar else None
             for _ in range(epochs):
@@ -625,7 +643,7 @@ class EncoderEngine:
         (directory / ENGINE_FILE).write_text(json.dumps(cfg))
 
     @classmethod
-    def load(cls, directory: Path, threads: int | None = None) -> EncoderEngine:
+    def load(cls, directory: Path, threads: int | None = None, dtype: str = "auto") -> EncoderEngine:
         st = require("safetensors.torch", "local")
         cfg = json.loads((directory / ENGINE_FILE).read_text())
         eng = cls(
@@ -636,6 +654,7 @@ class EncoderEngine:
             separate_layers=cfg.get("separate_layers", 0),  # engines saved before: all joint
             query_slots=cfg.get("query_slots", False),
             threads=threads,
+            dtype=dtype,
             _path=str(directory / "encoder"),
         )
         missing = eng.net.load_state_dict(st.load_file(str(directory / HEADS_FILE)), strict=False)

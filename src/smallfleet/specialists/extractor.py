@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet.errors import UserError
+from smallfleet.specialists._encoder import inference_dtype
 from smallfleet.specialists._fill import (
     CHOICE_KINDS,
     SPAN_KINDS,
@@ -101,6 +102,7 @@ class Extractor(Specialist):
         enum_max: int = 12,
         threads: int | None = None,
         seed: int = 0,
+        dtype: str = "auto",
         progress: bool = False,
     ) -> None:
         self.base = base
@@ -117,7 +119,9 @@ class Extractor(Specialist):
             "pack": pack,
             "enum_max": enum_max,
             "seed": seed,
+            "dtype": dtype,
         }
+        inference_dtype(dtype)  # an unknown dtype is an error now, not at the first fit
         self.threads = threads
         self.progress = progress
         # the fields, in the teacher's key order: name → schema / required / how an absent one is written
@@ -322,7 +326,7 @@ class Extractor(Specialist):
         fields = params.pop("fields", [])
         style = params.pop("style", None)
         self = cls(meta.base_model, threads=threads, **params)
-        self._engine = EncoderEngine.load(directory, threads=threads)
+        self._engine = EncoderEngine.load(directory, threads=threads, dtype=self.params["dtype"])
         self.fields = fields
         self.style = style or _style([])
         self.meta = meta

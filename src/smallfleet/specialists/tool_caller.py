@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet.errors import UserError
+from smallfleet.specialists._encoder import inference_dtype
 from smallfleet.specialists._fill import (
     CHOICE_KINDS,
     SPAN_KINDS,
@@ -133,6 +134,7 @@ class ToolCaller(Specialist):
         fill_defaults: bool = False,
         threads: int | None = None,
         seed: int = 0,
+        dtype: str = "auto",
         progress: bool = False,
     ) -> None:
         self.base = base
@@ -152,7 +154,9 @@ class ToolCaller(Specialist):
             "parallel_ratio": parallel_ratio,
             "fill_defaults": fill_defaults,
             "seed": seed,
+            "dtype": dtype,
         }
+        inference_dtype(dtype)  # an unknown dtype is an error now, not at the first fit
         self.threads = threads
         self.progress = progress
         # what the training data showed: the usual text answer when no tool is called, and
@@ -465,7 +469,7 @@ class ToolCaller(Specialist):
                 learned.setdefault(key, params.pop(key))
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "base", "threads"}
         self = cls(meta.base_model, threads=threads, **{k: v for k, v in params.items() if k in known})
-        self._engine = EncoderEngine.load(directory, threads=threads)
+        self._engine = EncoderEngine.load(directory, threads=threads, dtype=self.params["dtype"])
         self.learned.update(learned)
         if "selector" in learned:
             self.selector = SimilaritySelector(meta.base_model, **learned["selector"])
