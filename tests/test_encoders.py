@@ -106,3 +106,31 @@ def test_embeddings_handed_to_another_process_are_not_computed_again(monkeypatch
     encoders.remember_embeddings(handed)
     np.testing.assert_array_equal(embed_cached(texts), want)
     assert seen == []
+
+
+def test_the_embedding_dtype_casts_the_encoder_and_keeps_the_vectors_float32():
+    """``set_dtype``: bfloat16 embeddings (what ``auto`` gives on CPUs with native bf16) are
+    float32 vectors close to the float32 ones; a change drops what was computed the other way."""
+    import torch
+
+    from smallfleet.errors import UserError
+
+    texts = ["Where is my order ORD-1234?", "Book a table for two at 7pm in Lisbon", "hi"]
+    got = {}
+    try:
+        for dtype in ("float32", "bfloat16"):
+            encoders.set_dtype(dtype)
+            assert next(encoders.load_encoder().parameters()).dtype == getattr(torch, dtype)
+            got[dtype] = embed_cached(texts)
+            single = embed_one("a message embedded alone")
+            assert got[dtype].dtype == np.float32 and single.dtype == np.float32
+        assert encoders.cached_embeddings(["a message embedded alone"])  # kept under bfloat16 …
+        encoders.set_dtype("float32")
+        assert not encoders.cached_embeddings([*texts, "a message embedded alone"])  # … dropped on a change
+        cos = (got["float32"] * got["bfloat16"]).sum(1)
+        assert cos.min() > 0.99 and not np.array_equal(got["float32"], got["bfloat16"])
+        with pytest.raises(UserError, match="float16"):
+            encoders.set_dtype("float16")
+    finally:
+        encoders.set_dtype("auto")
+    assert encoders.inference_dtype() in ("float32", "bfloat16")

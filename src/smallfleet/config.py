@@ -173,6 +173,10 @@ class FlywheelConfig(_Section):
     encoder: str | None = Field(
         None, description="Encoder id or path; the bundled all-MiniLM-L6-v2 when unset."
     )
+    encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="What embeddings are computed in: auto = bfloat16 where the CPU computes it natively.",
+    )
 
 
 class Settings(_Section):

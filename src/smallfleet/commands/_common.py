@@ -21,8 +21,10 @@ def settings() -> Settings:
     """The settings, read once per process from ``--config`` / env / ./smallfleet.yaml."""
     if "settings" not in _state:
         from smallfleet.config import load_settings
+        from smallfleet.encoders import set_dtype
 
         _state["settings"] = load_settings(_state["config"])
+        set_dtype(_state["settings"].flywheel.encoder_dtype)
     return _state["settings"]
 
 

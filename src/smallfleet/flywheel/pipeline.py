@@ -81,6 +81,8 @@ class FlywheelOptions:
     cpu_only: bool = True
     gpu_memory_gb: float = 0.0
     encoder: str | None = None
+    #: What embeddings are computed in, here and in the workers (``smallfleet.encoders.set_dtype``).
+    encoder_dtype: str = "auto"
     max_train: int = 2000
     #: At most this many validation and this many test examples per task type (the newest):
     #: evaluation then costs the same at 100k traces as at 10k.
@@ -107,6 +109,7 @@ class FlywheelOptions:
             cpu_only=fw.cpu_only,
             gpu_memory_gb=fw.gpu_memory_gb,
             encoder=fw.encoder,
+            encoder_dtype=fw.encoder_dtype,
             usd_per_hour=settings.pricing.local_usd_per_hour,
         )
         for k, v in overrides.items():
@@ -262,10 +265,13 @@ def train_candidate(
     validation: list[dict[str, Any]],
     out_dir: str,
     params: dict[str, Any] | None = None,
+    encoder_dtype: str = "auto",
 ) -> dict[str, Any]:
     """Fit one candidate and save it; a top-level function so a Ray task can run it."""
+    from smallfleet.encoders import set_dtype
     from smallfleet.specialists.base import specialist_class
 
+    set_dtype(encoder_dtype)
     cls = specialist_class(kind)
     args = (base_model,) if base_model else ()
     spec = cls(*args, **(params or {}))  # type: ignore[call-arg]
@@ -392,10 +398,11 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
     """Train a task type's candidates, cheapest first, and score each; stop at the first that
     passes (with Ray: train them all at once and score them all). A top-level function, so a
     worker process can run it: ``job`` is what :meth:`Flywheel._cluster_job` built."""
-    opts: FlywheelOptions = job["options"]
-    if job.get("embeddings"):
-        from smallfleet.encoders import remember_embeddings
+    from smallfleet.encoders import remember_embeddings, set_dtype
 
+    opts: FlywheelOptions = job["options"]
+    set_dtype(opts.encoder_dtype)
+    if job.get("embeddings"):
         remember_embeddings(job["embeddings"])
     val = [Example.from_dict(d) for d in job["validation"]]
     test = [Example.from_dict(d) for d in job["test"]]
@@ -535,7 +542,10 @@ class Flywheel:
         self._active_matcher: Any = None
 
     def run(self) -> FlywheelRun:
+        from smallfleet.encoders import set_dtype
+
         opts = self.opts
+        set_dtype(opts.encoder_dtype)
         run = FlywheelRun(
             run_id=uuid.uuid4().hex[:12],
             started_at=time.time(),
@@ -780,6 +790,7 @@ class Flywheel:
                     "validation": val_d,
                     "out_dir": str(out),
                     "params": params,
+                    "encoder_dtype": opts.encoder_dtype,
                 }
             )
             results.append(CandidateResult(kind=cand.kind, base_model=base, data_hash=dhash))

@@ -868,10 +868,12 @@ def create_app(
     OpenAI-compatible upstreams on plain HTTP go through
     :class:`~smallfleet.gateway.transport.FastTransport` instead of httpx's pool.
     """
+    from smallfleet.encoders import set_dtype
     from smallfleet.models.registry import ModelRegistry
     from smallfleet.store.pricing import PriceTable
     from smallfleet.store.redact import Redactor
 
+    set_dtype(settings.flywheel.encoder_dtype)  # what the router's matcher embeds in
     registry = registry or ModelRegistry(settings)
     owns_store = store is None
     if store is None:
