@@ -156,6 +156,11 @@ class RoutingConfig(_Section):
     guard_min_checks: int = Field(20, ge=1, description="Checks needed before the guard may demote a route.")
     reload_seconds: float = Field(5.0, gt=0, description="How often routes are re-read from the store.")
     seed: int | None = Field(None, description="Seed of the canary and guard draws (tests, benchmarks).")
+    max_batch: int = Field(
+        32,
+        ge=1,
+        description="Most concurrent requests to one specialist answered as one batch (1: alone).",
+    )
 
 
 class FlywheelConfig(_Section):

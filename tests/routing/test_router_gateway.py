@@ -205,6 +205,27 @@ def test_confident_valid_answer_is_served_small(
     assert upstream.requests == []  # the large model was never asked
 
 
+def test_concurrent_requests_are_served_small_in_batches_each_with_its_own_answer(
+    gw: RoutedGateway, queries: list[tuple[str, str, float]], upstream: ScriptedUpstream
+) -> None:
+    """Requests arriving together at one route are answered by its specialist as batches
+    (``routing.max_batch``), each request still getting its own label."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    confident = [q for q in queries if q[2] >= 0.4]
+    batcher = gw.app.router.router._batchers.get(str(gw.routes.get("triage").specialist_path))
+    before = (batcher.batches, batcher.requests) if batcher is not None else (0, 0)
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda q: ask(gw, q[0], "triage"), confident * 2))
+    assert [r for r, _, _ in got] == ["specialist:triage"] * len(got)
+    assert [out.choices[0].message.content for _, _, out in got] == [label for _, label, _ in confident * 2]
+    batcher = gw.app.router.router._batchers[str(gw.routes.get("triage").specialist_path)]
+    batches, answered = batcher.batches - before[0], batcher.requests - before[1]
+    print(f"{answered} concurrent requests in {batches} batches")
+    assert answered == len(got) and batches < answered  # some went together
+    assert upstream.requests == []
+
+
 def test_valid_tool_call_is_served_small(gw: RoutedGateway, upstream: ScriptedUpstream) -> None:
     route, trace_id, out = ask(gw, "weather in Paris", "tools", tools=TOOLS)
     assert route == "specialist:tools"

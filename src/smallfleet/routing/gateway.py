@@ -19,14 +19,20 @@ at a time; beyond a backlog of ``max_background`` it is skipped, never queued wi
 
 Routes are re-read from the store every ``routing.reload_seconds``, so ``smallfleet routes
 set-mode`` takes effect in running gateways without a restart.
+
+Decisions run in a pool of ``threads`` threads (``routing.max_batch`` + 4, at least 8), so that
+concurrent requests to one specialist can wait for it together and be answered as one batch
+(:class:`~smallfleet.routing.router.SpecialistBatcher`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +87,7 @@ class GatewayRouter:
         max_background: int = 64,
         concurrency: int = 4,
         seed: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.router = router
         self.routes = routes
@@ -95,14 +102,23 @@ class GatewayRouter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None  # made on first use, in the serving loop
         self.concurrency = concurrency
+        #: threads deciding requests at once: enough for a full batch to gather at a specialist
+        self.threads = threads or max(8, router.max_batch + 4)
+        self._pool: ThreadPoolExecutor | None = None
         self._last_reload = time.monotonic()
         self._signature = self._route_signature(router.routes)
+
+    async def _in_pool(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the deciding threads (not the loop's default pool, which is small)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="smallfleet-router")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
     # ------------------------------------------------------------ the seam
 
     async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None:
         await self._maybe_reload()
-        decision = await asyncio.to_thread(self.router.decide, request, workload)
+        decision = await self._in_pool(self.router.decide, request, workload)
         if decision.route is None and decision.reason is None:
             return None  # not a routable workload or alias
         if decision.action == "small" and decision.response is not None:
@@ -150,7 +166,7 @@ class GatewayRouter:
     ) -> None:
         try:
             large = ChatResponse.model_validate(response)
-            pred = await asyncio.to_thread(self.router.predict, route, request)
+            pred = await self._in_pool(self.router.predict, route, request)
             agree = pred.confidence >= route.threshold and self.router.agree(request, pred.response, large)
             await asyncio.to_thread(
                 self.routes.record_check,
@@ -231,7 +247,12 @@ def build_gateway_router(settings: Settings, registry: ModelRegistry, engine: An
     cfg = settings.routing
     store = RouteStore(engine)
     router = Router.from_store(
-        store, workloads=cfg.workloads, aliases=cfg.aliases, encoder=settings.flywheel.encoder, seed=cfg.seed
+        store,
+        workloads=cfg.workloads,
+        aliases=cfg.aliases,
+        encoder=settings.flywheel.encoder,
+        seed=cfg.seed,
+        max_batch=cfg.max_batch,
     )
     return GatewayRouter(
         router,
