@@ -319,3 +319,26 @@ def test_packed_extractor_reads_every_field_in_one_pass_and_learns_null(tmp_path
     assert [p.response.text for p in again.predict([ex.request for ex in test[:6]])] == [
         p.response.text for p in preds[:6]
     ]
+
+
+def test_training_computes_in_the_chosen_dtype_and_keeps_float32_weights() -> None:
+    """``dtype="bfloat16"`` trains under bf16 autocast (other losses than float32's, same
+    start), answers from a bf16 copy, and the weights that train and are saved stay float32."""
+    import torch
+
+    from smallfleet.specialists._spans import EncoderEngine, SpanItem
+
+    texts = [f"Please ship {n} units to {c} by Friday." for n, c in [(3, "Lyon"), (12, "Porto"), (7, "Oslo")]]
+    items = [SpanItem("city (string)", t, [(t.index(" to ") + 4, t.index(" by"))]) for t in texts]
+    losses, answers = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        eng = EncoderEngine(pack=None, train_layers=2, dtype=dtype, seed=0)
+        losses[dtype] = eng.fit(items, [], epochs=3, batch_size=2, seed=0)
+        assert {p.dtype for p in eng.net.parameters()} == {torch.float32}
+        spans, _ = eng.answer([("city (string)", texts[0])])
+        answers[dtype] = spans[0].spans[0].text if spans[0].spans else None
+        infer = eng._backbone()
+        assert next(infer.parameters()).dtype == getattr(torch, dtype)
+    assert losses["float32"] != losses["bfloat16"]
+    assert losses["float32"] == pytest.approx(losses["bfloat16"], rel=0.1)
+    print(f"losses float32 {losses['float32']}, bfloat16 {losses['bfloat16']}; answers {answers}")

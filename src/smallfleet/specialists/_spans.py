@@ -26,6 +26,10 @@ queries' states are computed once and cached (a cluster asks the same questions 
 every request), the text's once per request whatever is asked of it, and only the
 upper layers read ``queries [SEP] text`` together. On the demo's tool calls the queries
 are about 70% of a pack's tokens, so this is where most of the encoder's work went.
+
+**bfloat16.** Where the CPU computes bf16 natively (``dtype="auto"``: AMX, AVX512-BF16),
+training computes in bf16 with float32 weights (autocast), and answers come from a bf16
+copy of the encoder, the heads staying in float32. The saved weights are always float32.
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ class EncoderEngine:
         self.max_length = max_length
         self.pack = pack  # the most decisions one pass answers (None: all that fit; 1: one per pass)
         self.train_layers = train_layers
-        self.dtype = inference_dtype(dtype)  # what answers run in; training is always float32
+        self.dtype = inference_dtype(dtype)  # what the encoder computes in (weights stay float32)
         self._infer_backbone: Any = None  # the encoder cast to ``dtype``, made at the first answer
         path = _path or self.base
         transformers.utils.logging.disable_progress_bar()
@@ -536,7 +540,8 @@ class EncoderEngine:
                 batches = [b for b in batches if b][:per_epoch]
                 epoch_loss = 0.0
                 for batch in batches:
-                    loss = self._loss(batch)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+                        loss = self._loss(batch)  # float32 weights, bf16 compute where native
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
