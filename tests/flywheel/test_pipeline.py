@@ -174,7 +174,8 @@ def test_ray_and_worker_processes_give_the_routes_in_process_gives(pg_schema: st
     ("workers", "own_mb", "budget_mb", "expected"),
     [
         (2, 1300.0, 24000.0, 2),  # plenty of memory: one per CPU
-        (4, 1300.0, 3500.0, 2),  # room for two beside the run
+        (4, 1300.0, 3700.0, 2),  # room for two beside the run
+        (4, 1300.0, 3400.0, 1),  # not for two
         (2, 1430.0, 4096.0, 2),  # the demo (10k traces) in the default 4 GiB
         (2, 3200.0, 4096.0, 1),  # a 100k-trace run in the default 4 GiB: in-process
         (2, None, 4096.0, 2),  # memory unknown (not Linux): as configured

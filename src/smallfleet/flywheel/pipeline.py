@@ -458,9 +458,10 @@ def _available_mb(memory_gb: float) -> float:
 
 
 #: What a training worker adds to the memory of all processes together: measured on the
-#: demo's task types, two workers added 1.74 GB at 10k traces and 1.67 GB at 100k (PSS:
-#: the shared libraries counted once; each worker's own resident peak was 1.5-1.7 GB).
-WORKER_MB = 1000.0
+#: demo's task types, two workers added 1.74 GB at 10k traces and 1.67 GB at 100k in float32
+#: (PSS: the shared libraries counted once; each worker's own resident peak was 1.5-1.7 GB),
+#: and about 2.4 GB at 10k where training computes in bfloat16 (each worker's peak 1.6 GB).
+WORKER_MB = 1200.0
 
 
 def workers_for_memory(workers: int, own_mb: float | None, budget_mb: float | None) -> int:
