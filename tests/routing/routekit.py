@@ -36,6 +36,19 @@ def key_matcher(system: str, tools: Sequence[dict[str, Any]] = ()) -> dict[str, 
     return {"version": 1, "keys": [static_key_of_dict(body)]}
 
 
+def train_triage(out: Path) -> Any:
+    """A support-desk classifier saved to ``out`` (head only on the frozen encoder: seconds,
+    confident on easy data)."""
+    from smallfleet.specialists.classifier import Classifier
+    from smallfleet.testing.intents import support_desk_examples
+
+    clf = Classifier(progress=False, trainable_layers=0, seed=0).fit(
+        support_desk_examples(60, split="train", seed=1)
+    )
+    clf.save(out)
+    return clf
+
+
 class ScriptedToolCaller(Specialist):
     """Answers each user text with a scripted tool call and confidence (test-only)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from routekit import SCRIPTED_KIND, ScriptedToolCaller
+from routekit import SCRIPTED_KIND, ScriptedToolCaller, train_triage
 
 from smallfleet.routing.router import Router, SpecialistBatcher
 from smallfleet.routing.routes import Route
@@ -27,14 +27,8 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    from smallfleet.specialists.classifier import Classifier
-
     out = tmp_path_factory.mktemp("specialists") / "triage"
-    clf = Classifier(progress=False, trainable_layers=0, seed=0).fit(
-        support_desk_examples(60, split="train", seed=1)
-    )
-    clf.save(out)
-    return out, clf
+    return out, train_triage(out)
 
 
 def _route(path: Path, kind: str = "classifier") -> Route:

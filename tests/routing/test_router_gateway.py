@@ -24,6 +24,7 @@ from routekit import (
     ScriptedToolCaller,
     key_matcher,
     start_gateway,
+    train_triage,
 )
 from typer.testing import CliRunner
 
@@ -71,14 +72,8 @@ def system(name: str) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A support-desk classifier (head only on the frozen encoder: seconds, confident on easy data)."""
-    from smallfleet.specialists.classifier import Classifier
-
     out = tmp_path_factory.mktemp("specialists") / "triage"
-    clf = Classifier(progress=False, trainable_layers=0, seed=0).fit(
-        support_desk_examples(60, split="train", seed=1)
-    )
-    clf.save(out)
-    return out, clf
+    return out, train_triage(out)
 
 
 @pytest.fixture(scope="module")
