@@ -170,6 +170,38 @@ def test_ray_and_worker_processes_give_the_routes_in_process_gives(pg_schema: st
     assert thresholds["workers"] == pytest.approx(thresholds["local"], abs=1e-2)
 
 
+@pytest.mark.slow
+def test_a_worker_that_dies_has_its_task_types_trained_in_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training workers killed as soon as they start (as the kernel's out-of-memory killer
+    would): the run still trains and promotes every task type, in this process."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    store.write_traces(to_trace_records(_calls(1000, seed=31, types={"lookup_order", "intent"})))
+    out: dict[str, Any] = {}
+    opts = _options(tmp_path, workers=2)
+    runner = threading.Thread(target=lambda: out.update(run=run_flywheel(store, opts)))
+    runner.start()
+    killed: set[int] = set()
+    while runner.is_alive():
+        for child in multiprocessing.active_children():
+            if child.pid is not None and child.pid not in killed:
+                os.kill(child.pid, signal.SIGKILL)
+                killed.add(child.pid)
+        runner.join(0.02)
+    run: FlywheelRun = out["run"]
+    assert killed  # the workers did start, and were killed
+    assert run.workers == 2 and run.worker_peak_rss_mb is None  # no worker finished a job
+    assert [c.status for c in run.clusters] == ["promoted", "promoted"]
+    assert sorted(r.kind for r in RouteStore(store.engine).active()) == ["classifier", "tool_caller"]
+    assert "training worker failed" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("workers", "own_mb", "budget_mb", "expected"),
     [
