@@ -112,3 +112,31 @@ def test_a_request_the_specialist_cannot_answer_fails_alone(tmp_path: Path) -> N
         assert all(not isinstance(results[t], Exception) for t in script)
     finally:
         KINDS.pop(SCRIPTED_KIND, None)
+
+
+def test_the_gateway_routers_deciding_threads_end_with_the_gateway(tmp_path: Path) -> None:
+    """``aclose`` (the gateway's shutdown) lets the router's pool of deciding threads go."""
+    import asyncio
+
+    from smallfleet.routing.gateway import GatewayRouter
+    from smallfleet.routing.routes import RouteStore
+    from smallfleet.store.trace_store import TraceStore
+
+    store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    gw = GatewayRouter(Router([]), RouteStore(store.engine), registry=None)  # type: ignore[arg-type]
+
+    before = set(threading.enumerate())
+
+    async def session() -> list[threading.Thread]:
+        await gw.route(ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}]), "default")
+        mine = [t for t in threading.enumerate() if t not in before and "smallfleet-router" in t.name]
+        await gw.drain()
+        await gw.aclose()
+        return mine
+
+    started = asyncio.run(session())
+    assert started  # the decision ran in the router's own threads
+    for t in started:
+        t.join(5)
+    assert not [t for t in started if t.is_alive()]
+    store.close()

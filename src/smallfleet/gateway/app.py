@@ -88,7 +88,8 @@ class Router(Protocol):
 
     Optional, found with ``getattr``: ``observe(request, decision, response, trace_id)``,
     called after a successful answer (e.g. to compare a shadow specialist off the
-    request path; it must not block), and ``async drain()``, awaited at shutdown.
+    request path; it must not block), and ``async drain()`` then ``async aclose()``, awaited
+    at shutdown.
     """
 
     async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None: ...
@@ -187,12 +188,13 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
-        drain = getattr(self.router, "drain", None)
-        if drain is not None:  # background comparisons the router started
-            try:
-                await drain()
-            except Exception:
-                log.exception("router.drain failed")
+        for name in ("drain", "aclose"):  # background comparisons the router started, its threads
+            step = getattr(self.router, name, None)
+            if step is not None:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("router.%s failed", name)
         await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
         try:
             await self.registry.aclose()

@@ -241,6 +241,12 @@ class GatewayRouter:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
+    async def aclose(self) -> None:
+        """Let the deciding threads go (at shutdown, after :meth:`drain`); a later request starts new ones."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
 
 def build_gateway_router(settings: Settings, registry: ModelRegistry, engine: Any) -> GatewayRouter:
     """The gateway router the config asks for (``routing.enabled``)."""
