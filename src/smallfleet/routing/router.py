@@ -231,12 +231,11 @@ class Router:
         spec = self.specialist(route)
         if self.max_batch > 1:
             batcher = self._batchers.get(route.specialist_path)
-            if batcher is None or batcher.specialist is not spec:
+            if batcher is None:  # one per folder, as its specialist is loaded once
                 with self._lock:
-                    batcher = self._batchers.get(route.specialist_path)
-                    if batcher is None or batcher.specialist is not spec:
-                        batcher = SpecialistBatcher(spec, self.max_batch)
-                        self._batchers[route.specialist_path] = batcher
+                    batcher = self._batchers.setdefault(
+                        route.specialist_path, SpecialistBatcher(spec, self.max_batch)
+                    )
             pred = batcher.predict(request)
         else:
             (pred,) = spec.predict([request])

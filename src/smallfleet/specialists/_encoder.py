@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smallfleet._extras import require
-from smallfleet.encoders import inference_dtype
 from smallfleet.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EncoderBackbone",
-    "inference_dtype",
     "progress",
     "request_text_pair",
     "resolve_encoder",

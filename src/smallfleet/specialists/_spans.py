@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet._extras import require
-from smallfleet.specialists._encoder import inference_dtype, run_layers
+from smallfleet.encoders import inference_dtype
+from smallfleet.specialists._encoder import run_layers
 
 __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
 

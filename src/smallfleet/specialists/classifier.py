@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from smallfleet._extras import require
-from smallfleet.encoders import DEFAULT_ENCODER_ID
+from smallfleet.encoders import DEFAULT_ENCODER_ID, inference_dtype
 from smallfleet.errors import UserError
 from smallfleet.specialists._encoder import (
     EncoderBackbone,
-    inference_dtype,
     load_tensors,
     progress,
     request_text_pair,

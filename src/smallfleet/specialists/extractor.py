@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smallfleet.encoders import inference_dtype
 from smallfleet.errors import UserError
-from smallfleet.specialists._encoder import inference_dtype
 from smallfleet.specialists._fill import (
     CHOICE_KINDS,
     SPAN_KINDS,
