@@ -129,6 +129,42 @@ class GatewayConfig(_Section):
     batch_size: int = Field(500, ge=1)
     keys: list[GatewayKey] = Field(default_factory=list, description="Empty: no key needed.")
     default_model: str | None = Field(None, description="Alias used when a request names an unknown model.")
+    reload_seconds: float = Field(
+        5.0, gt=0, description="How often gateway.keys is re-read from the config file (revocations)."
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values served (name or name:port; '*' = any). "
+        "Unset: loopback names when bound to a loopback address, else any.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Extra browser origins (scheme://host[:port]) allowed to send state-changing requests.",
+    )
+    max_json_depth: int = Field(64, ge=4, le=500, description="Deepest JSON nesting a request may have.")
+    max_label_chars: int = Field(
+        200, ge=8, le=200, description="Longest workload or model name taken (the store's label columns)."
+    )
+    metrics_workloads: list[str] | None = Field(
+        None,
+        description="Workload label values the metrics keep; others count as 'other'. "
+        "Unset: the first metrics_max_workloads seen.",
+    )
+    metrics_max_workloads: int = Field(50, ge=1, description="Distinct workload labels when no allow-list.")
+    dead_letter_path: str = Field(
+        "./smallfleet-dead-letters.jsonl",
+        description="Where traces the store refuses are written (JSON lines, redacted).",
+    )
+    session_secret: str | None = Field(
+        None,
+        description="Signs dashboard sessions and CSRF tokens; set the same value on every replica "
+        "(SMALLFLEET_GATEWAY__SESSION_SECRET). Unset: a random one per process.",
+    )
+    budget_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Output tokens a budget reserves for a request that sets no max_tokens.",
+    )
 
 
 class RedactionConfig(_Section):
