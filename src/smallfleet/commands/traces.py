@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -20,6 +21,13 @@ def _open_store(create: bool = False):  # type: ignore[no-untyped-def]
 
     s = settings()
     return TraceStore(s.store.url, create=create, echo=s.store.echo)
+
+
+def _write(store: Any, records: list[Any], bad: list[tuple[int, str]]) -> int:
+    """Write a batch; the records the store refuses are listed as bad lines (by trace id)."""
+    refused = store.write_traces(records)
+    bad.extend((0, f"trace {r.id} refused by the store: {why}") for r, why in refused)
+    return len(records) - len(refused)
 
 
 @traces_app.command("import")
@@ -82,12 +90,10 @@ def import_(
                 unknown_request += item.request is None
                 pending.append(redactor.redact_record(item))
                 if len(pending) >= _BATCH:
-                    store.write_traces(pending)
-                    imported += len(pending)
+                    imported += _write(store, pending, bad)
                     pending = []
             if pending:
-                store.write_traces(pending)
-                imported += len(pending)
+                imported += _write(store, pending, bad)
         added = store.count_traces() - before
     finally:
         store.close()
@@ -106,7 +112,8 @@ def import_(
     if bad:
         err.print(f"[yellow]{len(bad)} bad line(s) skipped:[/]", highlight=False, soft_wrap=True)
         for lineno, why in bad[:show_bad]:
-            err.print(f"  line {lineno}: {why}", highlight=False, markup=False, soft_wrap=True)
+            where = f"line {lineno}: " if lineno else ""
+            err.print(f"  {where}{why}", highlight=False, markup=False, soft_wrap=True)
         if len(bad) > show_bad:
             err.print(f"  … and {len(bad) - show_bad} more", highlight=False, soft_wrap=True)
         if imported == 0:

@@ -2,25 +2,35 @@
 
 The gateway calls :meth:`Recorder.submit` (an append, never a wait); a writer
 thread wakes every ``flush_interval_ms`` (or as soon as ``batch_size`` traces are
-waiting), redacts each trace and writes the batch with one
-:meth:`TraceStore.write_traces` call.
+waiting), redacts each trace (bodies, metadata, error text, workload, model names)
+and writes the batch with one :meth:`TraceStore.write_traces` call.
 
 - Queue full: the trace is dropped, the request still succeeds,
   ``smallfleet_traces_dropped_total`` counts it and a WARNING is logged (at most
   once every few seconds).
-- A failed write is logged and retried with backoff; the batch is kept, never
-  silently lost. While the store is down, traces keep queueing up to the bound.
+- A row the store refuses (a value no column can hold): the store writes the
+  rest of the batch; the refused trace is set aside in the dead-letter file
+  (``gateway.dead_letter_path``, one redacted JSON object a line, with the
+  reason), counted in ``smallfleet_traces_dead_lettered_total`` and logged with
+  its trace id. It never blocks the traces behind it.
+- The store unreachable (a connection failure): the batch is kept and retried
+  with backoff, never silently lost; traces keep queueing up to the bound, and
+  :meth:`Recorder.healthy` turns false (``/healthz`` answers 503) until a write
+  succeeds again.
 - :meth:`Recorder.close` drains everything that is queued before it returns
   (the gateway calls it at shutdown, after in-flight requests have finished).
+  What the store still refuses at the deadline goes to the dead-letter file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,18 +44,24 @@ log = logging.getLogger("smallfleet.gateway.recorder")
 
 _WARN_EVERY_S = 5.0
 _RETRY_MAX_S = 5.0
+#: Consecutive failed writes after which the recorder reports itself unhealthy.
+_UNHEALTHY_AFTER = 3
 
 
 class TraceSink(Protocol):
-    """Where traces go: :class:`smallfleet.store.TraceStore` is one."""
+    """Where traces go: :class:`smallfleet.store.TraceStore` is one.
 
-    def write_traces(self, records: Sequence[TraceRecord]) -> None: ...
+    Returns the records it refused, each with the reason (None: all written);
+    raises when it could not write at all (the batch is retried).
+    """
+
+    def write_traces(self, records: Sequence[TraceRecord]) -> list[tuple[TraceRecord, str]] | None: ...
 
 
 class _Redactor(Protocol):
-    def redact_trace(
-        self, request: dict[str, Any], response: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]: ...
+    def redact_record(self, record: TraceRecord) -> TraceRecord: ...
+
+    def redact_text(self, text: str) -> str: ...
 
 
 class Recorder:
@@ -60,8 +76,10 @@ class Recorder:
         batch_size: int = 500,
         queue_size: int = 50_000,
         metrics: Metrics | None = None,
+        dead_letter_path: str | Path | None = None,
     ) -> None:
         self.sink = sink
+        self.dead_letter_path = None if dead_letter_path is None else Path(dead_letter_path)
         self.redactor = redactor
         self.flush_interval = flush_interval_ms / 1000
         self.batch_size = batch_size
@@ -70,13 +88,17 @@ class Recorder:
         self._queue: deque[TraceRecord] = deque()
         self._wake = threading.Event()
         self._stop = False
+        self._give_up_at: float | None = None
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._busy = 0  # traces taken off the queue and not yet written
         self._last_warning = 0.0
         self.dropped = 0
         self.written = 0
+        self.dead_lettered = 0
         self.failures = 0
+        self._failing = 0  # consecutive failed writes
+        self._dead_lock = threading.Lock()
 
     # ------------------------------------------------------------ request path
 
@@ -105,6 +127,10 @@ class Recorder:
         """Traces waiting to be written (queued, or in a batch being written)."""
         return len(self._queue) + self._busy
 
+    def healthy(self) -> bool:
+        """False while traces are not being written (the store kept failing)."""
+        return self._failing < _UNHEALTHY_AFTER
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -131,11 +157,17 @@ class Recorder:
         return True
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the writer after it has written every queued trace (or ``timeout`` passed)."""
+        """Stop the writer after it has written every queued trace.
+
+        When the store keeps failing, what is not written a little before ``timeout``
+        goes to the dead-letter file instead (never silently lost).
+        """
+        give_up = None if timeout is None else time.monotonic() + max(0.0, timeout * 0.9 - 0.1)
         thread = self._thread
         if thread is None:
-            self._write_all(deadline=None if timeout is None else time.monotonic() + timeout)
+            self._write_all(deadline=give_up)
             return
+        self._give_up_at = give_up
         self._stop = True
         self._wake.set()
         thread.join(timeout)
@@ -150,7 +182,7 @@ class Recorder:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             stopping = self._stop
-            self._write_all(deadline=time.monotonic() + 30.0 if stopping else None)
+            self._write_all(deadline=self._give_up_at if stopping else None)
             if stopping:
                 return
 
@@ -173,37 +205,70 @@ class Recorder:
         wait = 0.05
         while True:
             try:
-                self.sink.write_traces(batch)
+                refused = self.sink.write_traces(batch) or []
             except Exception as e:
                 self.failures += 1
+                self._failing += 1
                 if self.metrics is not None:
                     self.metrics.trace_write_failures += 1
                 log.error("Writing %d traces failed (%s: %s); retrying.", len(batch), type(e).__name__, e)
                 if deadline is not None and time.monotonic() > deadline:
                     log.error("Giving up on %d traces at shutdown: the store kept failing.", len(batch))
+                    self._dead_letter([(r, f"not written at shutdown: {type(e).__name__}") for r in batch])
                     break
-                time.sleep(wait)
+                time.sleep(wait if deadline is None else max(0.0, min(wait, deadline - time.monotonic())))
                 wait = min(wait * 2, _RETRY_MAX_S)
                 continue
-            self.written += len(batch)
+            written = len(batch) - len(refused)
+            # A batch the store refused whole counts as a failure too: nothing is being written.
+            self._failing = 0 if written or not batch else self._failing + 1
+            self.written += written
             if self.metrics is not None:
-                self.metrics.traces_written += len(batch)
+                self.metrics.traces_written += written
+            if refused:
+                self._dead_letter(refused)
             break
         with self._idle:
             self._busy = 0
             self._idle.notify_all()
 
+    def _dead_letter(self, refused: list[tuple[TraceRecord, str]]) -> None:
+        """Set refused traces aside: counted, logged by id, appended to the dead-letter file."""
+        self.dead_lettered += len(refused)
+        if self.metrics is not None:
+            self.metrics.traces_dead_lettered += len(refused)
+        for record, why in refused:
+            log.error("The store refused trace %s (%s); it goes to the dead-letter file.", record.id, why)
+        if self.dead_letter_path is None:
+            return
+        # ensure_ascii: whatever the record holds (lone surrogates too) becomes a writable line.
+        lines = [
+            json.dumps({"reason": why, "trace": record.to_dict()}, ensure_ascii=True, default=str) + "\n"
+            for record, why in refused
+        ]
+        try:
+            with self._dead_lock, self.dead_letter_path.open("a", encoding="utf-8") as f:
+                f.writelines(lines)
+        except OSError as e:
+            log.error("Could not write %d traces to %s: %s", len(lines), self.dead_letter_path, e)
+
     def _redact(self, record: TraceRecord) -> TraceRecord:
-        if self.redactor is None or record.request is None:
+        if self.redactor is None:
             return record
         try:
-            record.request, record.response = self.redactor.redact_trace(record.request, record.response)
+            red = self.redactor.redact_record(record)
+            text = self.redactor.redact_text
+            red.workload = text(red.workload)
+            red.model_requested = text(red.model_requested)
+            if red.escalation is not None:
+                red.escalation = text(red.escalation)
         except Exception:  # never lose a trace to a redaction bug; never store it unredacted either
             log.exception("Redaction failed for trace %s; storing it without its bodies.", record.id)
-            record.request, record.response = None, None
+            record.request, record.response, record.error = None, None, "redaction failed"
             record.metadata = {}
+            record.workload, record.model_requested, record.escalation = "default", "", None
             return record
-        meta = record.request.get("metadata") if isinstance(record.request, dict) else None
+        meta = red.request.get("metadata") if isinstance(red.request, dict) else None
         if isinstance(meta, dict):
-            record.metadata = {str(k): str(v) for k, v in meta.items()}
-        return record
+            red.metadata = {str(k): str(v) for k, v in meta.items()}
+        return red

@@ -41,12 +41,25 @@ STATS_GROUPS = ("workload", "model", "route", "status", "key")
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
+#: Failures of the connection rather than of a row: the same batch may succeed later.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.DisconnectionError,
+    sa.exc.TimeoutError,
+)
+#: The longest value a label column (workload, model, route, …) holds.
+LABEL_MAX = 200
+_LABELS = ("workload", "key_id", "model_requested", "model_served", "route", "escalation")
+
 
 def _json_dumps(obj: Any) -> str:
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity (Python's json reads them): not JSON, and jsonb refuses them
-        return json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate ("\ud800" in the client's JSON) cannot be encoded for the database.
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _finite(node: Any) -> Any:
@@ -153,27 +166,45 @@ class TraceStore:
 
     # ------------------------------------------------------------------ writing
 
-    def write_traces(self, records: Sequence[TraceRecord]) -> None:
+    def write_traces(self, records: Sequence[TraceRecord]) -> list[tuple[TraceRecord, str]]:
         """Insert ``records`` in one transaction; ids already stored are skipped (a re-sent batch is a no-op).
 
-        If the database rejects the batch for one bad row, the rows are retried one
-        by one and only the bad ones are dropped (and logged), so one poison record
-        cannot lose a whole batch.
+        Returns the records the database refused, each with the reason. If the batch
+        fails for anything but a lost or busy connection, the rows are retried one by
+        one and only the bad ones are refused, so one poison record never blocks the
+        records behind it. A connection failure (:data:`TRANSIENT_ERRORS`) is raised:
+        the caller retries the whole batch later.
         """
         if not records:
-            return
-        rows = [_to_row(r) for r in records]
+            return []
+        rows: list[dict[str, Any]] = []
+        refused: list[tuple[TraceRecord, str]] = []
+        kept: list[TraceRecord] = []
+        for r in records:
+            try:
+                rows.append(_to_row(r))
+                kept.append(r)
+            except Exception as e:  # a value no column can hold
+                refused.append((r, f"{type(e).__name__}: {e}"))
         try:
+            self._insert(rows)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as e:
+            log.warning("a trace batch was rejected (%s); retrying row by row", _reason(e))
+            for record, row in zip(kept, rows, strict=True):
+                try:
+                    self._insert([row])
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as e2:
+                    refused.append((record, _reason(e2)))
+        return refused
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
             with self.engine.begin() as conn:
                 conn.execute(self._insert_ignore(), rows)
-        except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
-            log.warning("a trace batch was rejected (%s); retrying row by row", type(e.orig).__name__)
-            for row in rows:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(self._insert_ignore(), [row])
-                except (sa.exc.DataError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as e2:
-                    log.error("dropped trace %s: %s", row["id"], e2.orig)
 
     def _insert_ignore(self) -> sa.Insert:
         if self.dialect == "postgresql":
@@ -403,16 +434,37 @@ def _f(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _strip_nul(s: str | None) -> str | None:
-    return s.replace("\x00", "\ufffd") if s and "\x00" in s else s
+def _reason(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip().splitlines()
+    return f"{type(orig or e).__name__}: {text[0] if text else ''}"[:500]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(s: str) -> str:
+    """``s`` as every database stores it: NUL and lone surrogates (not encodable) become U+FFFD."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    return _SURROGATE.sub("\ufffd", s)
+
+
+def _label(s: str | None) -> str | None:
+    if s is None:
+        return None
+    s = clean_text(s)
+    return s if len(s) <= LABEL_MAX else s[: LABEL_MAX - 1] + "…"
 
 
 def _to_row(r: TraceRecord) -> dict[str, Any]:
     row = {name: getattr(r, name) for name in TRACE_FIELDS}
-    row["tool_names"] = list(r.tool_names or [])
-    row["metadata"] = dict(r.metadata or {})
-    for k in ("workload", "model_requested", "model_served", "route", "error", "key_id", "escalation"):
-        row[k] = _strip_nul(row[k])
+    row["tool_names"] = [_label(str(t)) for t in r.tool_names or []]
+    row["metadata"] = {clean_text(str(k)): clean_text(str(v)) for k, v in (r.metadata or {}).items()}
+    for k in _LABELS:
+        row[k] = _label(row[k])
+    if row["error"] is not None:
+        row["error"] = clean_text(row["error"])
     row["created_at"] = float(r.created_at)
     return row
 
