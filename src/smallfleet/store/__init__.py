@@ -1,8 +1,18 @@
-"""smallfleet.store: the trace store, its schema and migrations, redaction and pricing."""
+"""smallfleet.store: the trace store, its schema and migrations, redaction, pricing and budget ledgers."""
 
+from smallfleet.store.budgets import MemoryLedger, SpendLedger
 from smallfleet.store.pricing import PRICES_AS_OF, PriceTable
 from smallfleet.store.records import TraceRecord, new_trace_id
 from smallfleet.store.redact import Redactor
 from smallfleet.store.trace_store import TraceStore
 
-__all__ = ["PRICES_AS_OF", "PriceTable", "Redactor", "TraceRecord", "TraceStore", "new_trace_id"]
+__all__ = [
+    "PRICES_AS_OF",
+    "MemoryLedger",
+    "PriceTable",
+    "Redactor",
+    "SpendLedger",
+    "TraceRecord",
+    "TraceStore",
+    "new_trace_id",
+]

@@ -80,11 +80,26 @@ def _m0001_traces(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m0004_budget_spend(conn: sa.Connection) -> None:
+    """Per-key daily spend and reservations, shared by every gateway on the store (frozen as shipped)."""
+    md = sa.MetaData()
+    sa.Table(
+        "budget_spend",
+        md,
+        sa.Column("key_id", sa.Text, primary_key=True),
+        sa.Column("day", sa.Integer, primary_key=True),
+        sa.Column("spent_usd", sa.Float, nullable=False),
+        sa.Column("reserved_usd", sa.Float, nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, in the order it runs. Append only.
 MIGRATIONS: list[Migration] = [
     ("0001_traces_and_feedback", _m0001_traces),
     ("0002_fleet", m0002_fleet),
     ("0003_route_checks", m0003_route_checks),
+    ("0004_budget_spend", _m0004_budget_spend),
 ]
 
 

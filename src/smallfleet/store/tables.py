@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["JSONType", "feedback", "metadata", "migrations_table", "traces"]
+__all__ = ["JSONType", "budget_spend", "feedback", "metadata", "migrations_table", "traces"]
 
 #: JSON on SQLite (text), JSONB on PostgreSQL; Python None is stored as SQL NULL.
 JSONType = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -61,4 +61,15 @@ feedback = sa.Table(
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("comment", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: Per budgeted key and UTC day (unix time // 86400): what it spent (settled) and holds (reserved,
+#: requests in flight). Written only by :class:`smallfleet.store.budgets.SpendLedger`.
+budget_spend = sa.Table(
+    "budget_spend",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("spent_usd", sa.Float, nullable=False),
+    sa.Column("reserved_usd", sa.Float, nullable=False),
 )
