@@ -7,10 +7,14 @@ model carries what the far side said::
      ├── ConfigError            a config file or setting is wrong (names the key)
      ├── UserError              the caller asked for something impossible
      │    ├── RequestInvalid     a chat request failed validation (names the field) → 400
+     │    │    ├── MethodNotAllowed      the wrong HTTP method for the path → 405
+     │    │    └── UnsupportedMediaType  a body that is not UTF-8 JSON → 415
+     │    ├── Forbidden          a Host, Origin or key that may not do this → 403
      │    ├── ModelNotFound      an unknown model alias ("did you mean …") → 404
      │    └── ExtraNotInstalled  an optional dependency is missing (names the extra)
      ├── ModelError             a model failed to answer
      │    ├── UpstreamError      the endpoint answered with an error, or nonsense (status, body)
+     │    │    └── UpstreamRejected  a 4xx (not 408/429): the client's own error, passed through as is
      │    ├── UpstreamTimeout    the endpoint did not answer in time
      │    ├── RateLimited        the endpoint said 429 after every retry (retry_after)
      │    └── OutputInvalid      the model's output did not parse or validate
@@ -26,13 +30,17 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "ExtraNotInstalled",
+    "Forbidden",
+    "MethodNotAllowed",
     "ModelError",
     "ModelNotFound",
     "OutputInvalid",
     "RateLimited",
     "RequestInvalid",
     "SmallfleetError",
+    "UnsupportedMediaType",
     "UpstreamError",
+    "UpstreamRejected",
     "UpstreamTimeout",
     "UserError",
 ]
@@ -86,6 +94,33 @@ class RequestInvalid(UserError):
             self.code = code
 
 
+class MethodNotAllowed(RequestInvalid):
+    """The path exists, but not for this HTTP method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class UnsupportedMediaType(RequestInvalid):
+    """The body is not ``application/json`` in UTF-8."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Forbidden(UserError):
+    """The request may not be served: a Host or Origin not allowed, a key without the right."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
 class ModelNotFound(UserError):
     """No model is configured under this alias."""
 
@@ -131,6 +166,33 @@ class UpstreamError(ModelError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+class UpstreamRejected(UpstreamError):
+    """The endpoint refused the request with a 4xx other than 408 or 429: the client's own error.
+
+    The gateway answers with the same status and the upstream's error body, and
+    neither retries nor falls back (another model would refuse it too).
+    """
+
+    error_type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, status: int, body: str | None = None) -> None:
+        super().__init__(message, status=status, body=body)
+        self.status_code = status
+
+    def to_openai(self) -> dict[str, object]:
+        """The upstream's own error body when it is one; else the OpenAI shape around its text."""
+        import json
+
+        try:
+            data = json.loads(self.body or "")
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            return data
+        return super().to_openai()
 
 
 class UpstreamTimeout(ModelError):

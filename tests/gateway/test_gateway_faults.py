@@ -42,7 +42,8 @@ def _fresh(upstream: ScriptedUpstream) -> None:
 
 def post(gw: Running, body: Any, **kw: Any) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(gw.url + "/chat/completions", content=content, timeout=15, **kw)
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(gw.url + "/chat/completions", content=content, timeout=15, headers=headers, **kw)
 
 
 def trace_of(gw: Running, r: httpx.Response) -> Any:
@@ -202,7 +203,8 @@ def test_oversized_body_without_content_length(gw: Running) -> None:
         for _ in range(10):
             yield b" " * 500  # chunked transfer encoding: the gateway counts as it reads
 
-    r = httpx.post(gw.url + "/chat/completions", content=chunks(), timeout=10)
+    headers = {"content-type": "application/json"}
+    r = httpx.post(gw.url + "/chat/completions", content=chunks(), timeout=10, headers=headers)
     check_error(r, 413, "request_too_large")
     assert trace_of(gw, r).http_status == 413
 

@@ -35,15 +35,18 @@ from random import getrandbits
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smallfleet.errors import (
+    MethodNotAllowed,
     ModelError,
     ModelNotFound,
     RateLimited,
     RequestInvalid,
     SmallfleetError,
     UpstreamError,
+    UpstreamRejected,
     UpstreamTimeout,
 )
-from smallfleet.gateway.auth import BodyTooLarge, KeyRing, Unauthorized
+from smallfleet.gateway.auth import BodyTooLarge, KeyRing, Reservation, Unauthorized, estimate_usd
+from smallfleet.gateway.intake import Intake, cut_label, raw_body_record
 from smallfleet.gateway.metrics import Metrics
 from smallfleet.gateway.recorder import Recorder
 from smallfleet.store.records import TraceRecord
@@ -114,15 +117,27 @@ def _trace_id() -> str:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate from upstream: only an escape can carry it
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _error_body(e: SmallfleetError) -> bytes:
     return _dumps(e.to_openai())
 
 
-def _estimate_tokens(text: str) -> int:
-    return (len(text) + 3) // 4
+_OPENAPI: bytes | None = None
+
+
+def _openapi_bytes() -> bytes:
+    """The API's OpenAPI document (built on first request, then kept)."""
+    global _OPENAPI
+    if _OPENAPI is None:
+        from smallfleet.gateway.openapi import openapi_document
+
+        _OPENAPI = _dumps(openapi_document())
+    return _OPENAPI
 
 
 class Gateway:
@@ -148,9 +163,10 @@ class Gateway:
         self.router = router
         self.metrics = metrics or Metrics()
         self.metrics.queue_depth = recorder.depth
-        self.keys = KeyRing(settings.gateway.keys)
+        self.keys = KeyRing.from_settings(settings, getattr(store, "engine", None))  # spend in the store
         self.store = store
         self.max_body = settings.gateway.max_body_bytes
+        self.intake = Intake(settings.gateway)
         self.default_model = settings.gateway.default_model
         self._on_close = on_close
         self._started = False
@@ -167,21 +183,11 @@ class Gateway:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start the trace writer and seed today's spend per key (idempotent)."""
+        """Start the trace writer (idempotent)."""
         if self._started:
             return
         self._started = True
         self.recorder.start()
-        self._seed_budgets()
-
-    def _seed_budgets(self) -> None:
-        if self.store is None or not any(k.daily_budget_usd is not None for k in self.settings.gateway.keys):
-            return
-        try:
-            for rec in self.store.iter_traces(since=self.keys.start_of_day()):
-                self.keys.add_spend(rec.key_id, rec.cost_usd, at=rec.created_at)
-        except Exception as e:
-            log.warning("Could not read today's spend from the store (%s); budgets start at 0.", e)
 
     async def aclose(self) -> None:
         """Drain the trace queue, then release models and the store (idempotent)."""
@@ -195,6 +201,7 @@ class Gateway:
                     await step()
                 except Exception:
                     log.exception("router.%s failed", name)
+        await self.keys.drain()  # budget settlements still being written
         await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
         try:
             await self.registry.aclose()
@@ -212,11 +219,14 @@ class Gateway:
             path = scope["path"]
             method = scope["method"]
             if path == "/v1/chat/completions" or path == "/chat/completions":
-                if method != "POST":
-                    await self._plain_error(send, 405, "Use POST for /v1/chat/completions.")
-                    return
-                await self._chat(scope, receive, send)
-            elif path in ("/v1/feedback", "/feedback"):
+                await self._chat(scope, receive, send)  # every request here is traced, refusals too
+                return
+            try:
+                self.intake.check_source(method, _header(scope, b"host"), _header(scope, b"origin"))
+            except SmallfleetError as e:
+                await _send(send, e.status_code, _error_body(e), _JSON)
+                return
+            if path in ("/v1/feedback", "/feedback"):
                 if method != "POST":
                     await self._plain_error(send, 405, "Use POST for /v1/feedback.")
                     return
@@ -224,10 +234,11 @@ class Gateway:
             elif path in ("/v1/models", "/models") and method == "GET":
                 await self._models(scope, send)
             elif path == "/healthz":
-                body = _dumps({"status": "ok", "trace_queue_depth": self.recorder.depth()})
-                await _send(send, 200, body, _JSON)
+                await self._health(send)
             elif path == "/metrics" and method == "GET":
                 await self._metrics(scope, send)
+            elif path == "/openapi.json" and method == "GET":
+                await _send(send, 200, _openapi_bytes(), _JSON)
             elif path == "/ui" or path.startswith("/ui/"):
                 await self._dashboard(scope, receive, send)
             else:
@@ -255,6 +266,19 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _health(self, send: Any) -> None:
+        """200 while traces are being written; 503 while the store keeps refusing or failing."""
+        depth = self.recorder.depth()
+        if self.recorder.healthy():
+            await _send(send, 200, _dumps({"status": "ok", "trace_queue_depth": depth}), _JSON)
+            return
+        body = {
+            "status": "unhealthy",
+            "reason": "traces are not being written: the store keeps failing (see the gateway log)",
+            "trace_queue_depth": depth,
+        }
+        await _send(send, 503, _dumps(body), _JSON)
+
     async def _plain_error(self, send: Any, status: int, message: str, code: str | None = None) -> None:
         body = _dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
@@ -270,7 +294,12 @@ class Gateway:
                 return
             from smallfleet.dashboard import create_dashboard
 
-            ui = self._ui = create_dashboard(self.store, self.keys, metrics=self.metrics)
+            ui = self._ui = create_dashboard(
+                self.store,
+                self.keys,
+                metrics=self.metrics,
+                session_secret=self.settings.gateway.session_secret,
+            )
         await ui(scope, receive, send)
 
     def _admin_check(self, scope: dict[str, Any], *, admin: bool) -> None:
@@ -307,7 +336,8 @@ class Gateway:
                 body = await self._read_body(receive, _header_bytes(scope, b"content-length"))
             except _ClientGone:
                 return
-            trace_id, score, comment = _parse_feedback(body)
+            self.intake.check_content_type(_header(scope, b"content-type"))
+            trace_id, score, comment = _parse_feedback(self.intake.parse_json(body)[0])
             loop = asyncio.get_running_loop()
             if await loop.run_in_executor(None, self.store.get_trace, trace_id) is None:
                 await loop.run_in_executor(None, self.recorder.flush, 5.0)
@@ -363,9 +393,7 @@ class Gateway:
     ) -> None:
         from smallfleet.types import ChatRequest
 
-        workload = None
-        length = None
-        authorization = None
+        workload = length = authorization = ctype = host = origin = None
         for name, value in scope["headers"]:
             if name == b"x-smallfleet-workload":
                 workload = value.decode("latin-1").strip() or None
@@ -373,30 +401,52 @@ class Gateway:
                 length = value
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                ctype = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+        limit = self.intake.max_label
         if workload:
-            rec.workload = workload
+            rec.workload = cut_label(workload, limit)
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(f"Use POST for {scope['path']}, not {scope['method']}.")
+        self.intake.check_source("POST", host, origin)
         key = self.keys.authenticate(authorization) if self.keys.enabled else None
         if key is not None:
             rec.key_id = key.name
             state.key = key
         body = await self._read_body(receive, length)
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
-        if isinstance(data, dict):
+            self.intake.check_content_type(ctype)
+            data, body = self.intake.parse_json(body)
+        except SmallfleetError:
+            rec.request = raw_body_record(body)  # what was received, for the record
+            raise
+        if not isinstance(data, dict):
+            rec.request = raw_body_record(body)
+        else:
             rec.request = data
             model = data.get("model")
-            rec.model_requested = model if isinstance(model, str) else ""
+            rec.model_requested = cut_label(model, limit) if isinstance(model, str) else ""
             meta = data.get("metadata")
             if workload is None and isinstance(meta, dict) and isinstance(meta.get("workload"), str):
-                rec.workload = meta["workload"] or "default"
+                rec.workload = cut_label(meta["workload"], limit) or "default"
+                workload = meta["workload"]
+            if isinstance(model, str):
+                self.intake.check_label(model, "model")
+        if workload:
+            self.intake.check_label(workload, "workload")
         request = ChatRequest.parse(data)
         rec.tool_names = request.tool_names()
         rec.stream = bool(request.stream)
-        self.keys.check_budget(key)
         alias = self._resolve(request.model)
         chain = self.registry.chain(alias)
+        if key is not None and key.daily_budget_usd is not None:  # held now, settled in _finish
+            budget_tokens = self.settings.gateway.budget_max_tokens
+            estimate = estimate_usd(request, chain, self.prices, budget_tokens)
+            state.reservation = await self.keys.areserve(key, estimate)
         first: tuple[ChatModel, str] | None = None
         escalation: str | None = None
         if self.router is not None:
@@ -499,6 +549,8 @@ class Gateway:
                 if model is None:
                     model = self._model(alias)
                 out = await _complete_dict(model, request, data, body)
+            except UpstreamRejected:
+                raise  # the client's own error: another model would refuse it too
             except FALLBACK_ERRORS as e:
                 error = e
                 log.info("Trace %s: %s failed (%s)", rec.id, alias, e.message)
@@ -540,6 +592,10 @@ class Gateway:
                     model = self._model(alias)
                 chunks = _stream_dicts(model, request, data)
                 first = await anext(chunks, None)
+            except UpstreamRejected:
+                if chunks is not None:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                raise  # the client's own error: another model would refuse it too
             except FALLBACK_ERRORS as e:
                 error = e
                 log.info("Trace %s: %s failed before streaming (%s)", rec.id, alias, e.message)
@@ -638,8 +694,7 @@ class Gateway:
         rec.latency_ms = latency * 1000
         if rec.status != "error" or rec.input_tokens or rec.output_tokens:
             rec.cost_usd = self._cost(rec, latency)
-        if state.key is not None:
-            self.keys.add_spend(state.key.name, rec.cost_usd)
+        self.keys.settle_soon(state.reservation, rec.cost_usd)  # whatever happened, exactly once
         model = rec.model_served or (
             rec.model_requested if rec.model_requested in self.registry else "unknown"
         )
@@ -679,7 +734,7 @@ class Gateway:
 class _State:
     """What the request path knows about its own response."""
 
-    __slots__ = ("decision", "key", "latency", "open_stream", "request", "sent", "ttft")
+    __slots__ = ("decision", "key", "latency", "open_stream", "request", "reservation", "sent", "ttft")
 
     def __init__(self) -> None:
         self.request: ChatRequest | None = None
@@ -689,6 +744,7 @@ class _State:
         self.latency: float | None = None
         self.ttft: float | None = None
         self.key: GatewayKey | None = None
+        self.reservation: Reservation | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -715,14 +771,10 @@ def _header_bytes(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
-def _parse_feedback(body: bytes) -> tuple[str, float, str | None]:
-    """(trace_id, score, comment) from a feedback body, or RequestInvalid naming the field."""
+def _parse_feedback(data: Any) -> tuple[str, float, str | None]:
+    """(trace_id, score, comment) from a parsed feedback body, or RequestInvalid naming the field."""
     import math
 
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise RequestInvalid("The body must be a JSON object {trace_id, score, comment}.")
     unknown = sorted(set(data) - {"trace_id", "score", "comment"})
@@ -873,7 +925,7 @@ def create_app(
     from smallfleet.encoders import set_dtype
     from smallfleet.models.registry import ModelRegistry
     from smallfleet.store.pricing import PriceTable
-    from smallfleet.store.redact import Redactor
+    from smallfleet.store.redact import Redactor, install_log_redaction
 
     set_dtype(settings.flywheel.encoder_dtype)  # what the router's matcher embeds in
     registry = registry or ModelRegistry(settings)
@@ -886,16 +938,19 @@ def create_app(
         from smallfleet.routing.gateway import build_gateway_router
 
         router = build_gateway_router(settings, registry, store.engine)
-    metrics = Metrics()
     gw_cfg = settings.gateway
+    metrics = Metrics(gw_cfg.metrics_workloads, gw_cfg.metrics_max_workloads)
+    redactor = Redactor(settings.redaction)
+    install_log_redaction(redactor)  # every log record of the process passes it too (not when disabled)
     if recorder is None:
         recorder = Recorder(
             store,
-            redactor=Redactor(settings.redaction),
+            redactor=redactor,
             flush_interval_ms=gw_cfg.flush_interval_ms,
             batch_size=gw_cfg.batch_size,
             queue_size=gw_cfg.queue_size,
             metrics=metrics,
+            dead_letter_path=gw_cfg.dead_letter_path,
         )
     else:
         recorder.metrics = metrics

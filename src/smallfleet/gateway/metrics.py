@@ -6,6 +6,11 @@ Names follow the OpenTelemetry GenAI semantic conventions where one exists
 Every series is labelled by ``workload``, ``model`` (the alias that answered, or
 the one asked for when none did), ``route`` and ``status``.
 
+Label values are bounded, since each new value is a new series kept for the
+life of the process: ``workload`` comes from a client header, so only the
+workloads of ``gateway.metrics_workloads`` are kept (when set), else the first
+``gateway.metrics_max_workloads`` seen; every other workload counts as ``other``.
+
 The hot path costs one dict lookup and a few additions per request: all updates
 come from the event loop thread, except the recorder's counters, which are
 plain integer increments (atomic under the GIL).
@@ -90,14 +95,30 @@ def _num(v: float) -> str:
 class Metrics:
     """The gateway's counters and histograms, rendered in the Prometheus text format."""
 
-    def __init__(self) -> None:
+    def __init__(self, workloads: list[str] | None = None, max_workloads: int = 50) -> None:
         self._series: dict[Labels, _Series] = {}
+        self._allowed = None if workloads is None else frozenset(workloads)
+        self._seen_workloads: set[str] = set()
+        self._max_workloads = max_workloads
         self.traces_dropped = 0
         self.traces_written = 0
+        self.traces_dead_lettered = 0
         self.trace_write_failures = 0
         #: Set by the app: a callable giving the recorder's queue depth now.
         self.queue_depth: Callable[[], int] = lambda: 0
         self.in_flight = 0
+
+    def workload_label(self, workload: str) -> str:
+        """``workload`` if it may be a label value, else ``other`` (see the module docs)."""
+        if self._allowed is not None:
+            return workload if workload in self._allowed else "other"
+        seen = self._seen_workloads
+        if workload in seen:
+            return workload
+        if len(seen) >= self._max_workloads:
+            return "other"
+        seen.add(workload)
+        return workload
 
     def observe(
         self,
@@ -113,7 +134,7 @@ class Metrics:
         ttft_s: float | None = None,
     ) -> None:
         """Count one finished request."""
-        key = (workload, model, route, status)
+        key = (self.workload_label(workload), model, route, status)
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series()
@@ -194,6 +215,12 @@ class Metrics:
                 "counter",
                 "Traces dropped because the queue was full.",
                 self.traces_dropped,
+            ),
+            (
+                "smallfleet_traces_dead_lettered_total",
+                "counter",
+                "Traces the store refused, written to the dead-letter file instead.",
+                self.traces_dead_lettered,
             ),
             (
                 "smallfleet_trace_write_failures_total",

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from smallfleet.errors import ConfigError, RateLimited, UpstreamError, UpstreamTimeout
+from smallfleet.errors import ConfigError, RateLimited, UpstreamError, UpstreamRejected, UpstreamTimeout
 from smallfleet.models.base import ChatModel
 from smallfleet.types import ChatChunk, ChatRequest, ChatResponse, response_to_chunks
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["OpenAICompatible", "parse_retry_after"]
 
 _BODY_SNIPPET = 500  # characters of an upstream body quoted in an error message
+#: 4xx statuses that are not the client's fault: 408 (retried), and the gateway's own upstream
+#: key, permissions or base_url/model name (401, 403, 404: a fallback may still answer).
+_GATEWAY_SIDE = frozenset({401, 403, 404, 408, 429})
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -237,8 +240,12 @@ class OpenAICompatible(ChatModel):
             hint = " (check the API key: " + (
                 "the variable named by api_key_env)" if self._api_key else "none is set; add api_key_env)"
             )
-        err = UpstreamError(f"{where}{tries}{hint}: {self._snippet(text)}", status=status, body=text)
-        if status >= 500:
+        message = f"{where}{tries}{hint}: {self._snippet(text)}"
+        if 400 <= status < 500 and status not in _GATEWAY_SIDE:
+            # The client's own error (bad parameters, too many tokens...): no retry, no fallback.
+            return UpstreamRejected(message, status=status, body=text)
+        err = UpstreamError(message, status=status, body=text)
+        if status >= 500 or status == 408:
             return _Retry(err, _retry_after(headers))
         return err
 
@@ -486,4 +493,7 @@ class OpenAICompatible(ChatModel):
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate: only an escape can carry it
+        return json.dumps(obj, separators=(",", ":")).encode()
