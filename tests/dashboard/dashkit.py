@@ -62,11 +62,17 @@ class Site:
 
 
 def start_site(
-    tmp: Path, upstream: ScriptedUpstream, *, keys: bool = True, store_url: str | None = None
+    tmp: Path,
+    upstream: ScriptedUpstream,
+    *,
+    keys: bool = True,
+    store_url: str | None = None,
+    gateway: dict[str, Any] | None = None,
 ) -> Site:
+    """A gateway on loopback; ``gateway`` overrides its settings (a session secret, other keys)."""
     url = store_url or f"sqlite:///{tmp / 'traces.db'}"
-    gateway: dict[str, Any] = {"flush_interval_ms": 20}
-    if keys:
+    gateway = {"flush_interval_ms": 20, **(gateway or {})}
+    if keys and "keys" not in gateway:
         gateway["keys"] = [
             {"name": "ops", "sha256": hash_key(ADMIN_KEY), "admin": True},
             {"name": "viewer", "sha256": hash_key(VIEWER_KEY)},

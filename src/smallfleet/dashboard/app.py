@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 from smallfleet.dashboard.access import (
-    KEY_COOKIE,
+    LOGIN_COOKIE,
     SESSION_COOKIE,
     Forbidden,
+    Session,
+    Sessions,
     Viewer,
-    check_csrf,
-    csrf_token,
+    cookie_count,
     identify,
-    new_session,
+    new_nonce,
 )
 from smallfleet.errors import SmallfleetError, UserError
 from smallfleet.gateway.auth import Unauthorized
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from smallfleet.config import GatewayKey
     from smallfleet.gateway.auth import KeyRing
     from smallfleet.gateway.metrics import Metrics
     from smallfleet.store.trace_store import TraceStore
@@ -115,6 +117,7 @@ class Dashboard:
         *,
         metrics: Metrics | None = None,
         prefix: str = "/ui",
+        session_secret: str | None = None,
     ) -> None:
         from jinja2 import Environment, PackageLoader, select_autoescape
         from starlette.applications import Starlette
@@ -129,7 +132,7 @@ class Dashboard:
         self.keys = keys
         self.metrics = metrics
         self.prefix = prefix.rstrip("/")
-        self._secret = secrets.token_bytes(32)
+        self.sessions = Sessions(session_secret or _process_secret())
         self.env = Environment(
             loader=PackageLoader("smallfleet.dashboard", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -165,12 +168,12 @@ class Dashboard:
     # ------------------------------------------------------------ plumbing
 
     def _render(self, template: str, request: Request, viewer: Viewer | None, **ctx: Any) -> str:
-        session = request.state.session
+        session: Session | None = request.state.session
         return self.env.get_template(template).render(
             prefix=self.prefix,
             nav=_NAV,
             viewer=viewer,
-            csrf=csrf_token(self._secret, session),
+            csrf=self.sessions.csrf(session) if session is not None else "",
             **ctx,
         )
 
@@ -178,15 +181,61 @@ class Dashboard:
         from starlette.responses import HTMLResponse
 
         resp = HTMLResponse(body, status_code=status, headers=_HEADERS)
-        if request.cookies.get(SESSION_COOKIE) != request.state.session:
-            resp.set_cookie(
-                SESSION_COOKIE,
-                request.state.session,
-                httponly=True,
-                samesite="strict",
-                path=self.prefix or "/",
-            )
+        self._set_cookies(request, resp)
         return resp
+
+    def _begin(self, request: Request) -> Session | None:
+        """Read the request's session (verified, or None) and start with no cookies to send."""
+        request.state.cookies = {}
+        request.state.session = self.sessions.verify(request.cookies.get(SESSION_COOKIE))
+        return request.state.session
+
+    def _start_session(self, request: Request, key: GatewayKey | None) -> None:
+        """Issue a signed session (only after authentication, or with keys off) and send its cookie."""
+        value = self.sessions.issue(key)
+        request.state.session = self.sessions.verify(value)
+        request.state.cookies[SESSION_COOKIE] = value
+
+    def _set_cookies(self, request: Request, resp: Response) -> None:
+        """Send the cookies queued on ``request.state``: HttpOnly, SameSite=Strict, Secure over https."""
+        opts: dict[str, Any] = {
+            "httponly": True,
+            "samesite": "strict",
+            "secure": request.url.scheme == "https",
+        }
+        for name, value in request.state.cookies.items():
+            path = self.prefix + "/login" if name == LOGIN_COOKIE else self.prefix or "/"
+            if value is None:
+                resp.delete_cookie(name, path=path, **opts)
+            elif name == SESSION_COOKIE:
+                resp.set_cookie(name, value, max_age=int(self.sessions.ttl), path=path, **opts)
+            else:
+                resp.set_cookie(name, value, path=path, **opts)
+
+    def _check_action(self, request: Request, session: Session | None, form: dict[str, str]) -> None:
+        """A browser's action needs its session's CSRF token, and only one session cookie."""
+        if cookie_count(request.headers.get("cookie"), SESSION_COOKIE) > 1:
+            raise Forbidden(
+                "This browser sent two dashboard session cookies (one was set by another site on this "
+                "host); sign out, clear this site's cookies and sign in again."
+            )
+        self.sessions.check_csrf(session, form.get("csrf"))
+
+    def _login_form(self, request: Request, message: str | None, next_: str, status: int = 200) -> Response:
+        """The sign-in page; its token is bound to a random ``sf_login`` cookie that grants nothing."""
+        nonce = request.cookies.get(LOGIN_COOKIE) or ""
+        if not 16 <= len(nonce) <= 64:
+            nonce = request.state.cookies[LOGIN_COOKIE] = new_nonce()
+        body = self._render(
+            "login.html",
+            request,
+            None,
+            page="login",
+            message=message,
+            next=next_,
+            login_csrf=self.sessions.login_token(nonce),
+        )
+        return self._respond(request, body, status)
 
     def _error(self, request: Request, viewer: Viewer | None, e: SmallfleetError) -> Response:
         body = self._render("error.html", request, viewer, status=e.status_code, message=e.message, page="")
@@ -199,28 +248,24 @@ class Dashboard:
         from starlette.concurrency import run_in_threadpool
 
         async def endpoint(request: Request) -> Response:
-            request.state.session = request.cookies.get(SESSION_COOKIE) or new_session()
+            session = self._begin(request)
             viewer: Viewer | None = None
             try:
-                viewer = identify(
-                    self.keys, request.headers.get("authorization"), request.cookies.get(KEY_COOKIE)
-                )
-                form: dict[str, str] = {}
-                if action:
-                    form = await _read_form(request)
-                    if not viewer.admin:
-                        raise Forbidden(f"Key {viewer.name!r} may look but not act: that needs an admin key.")
-                    if not viewer.via_header:
-                        check_csrf(self._secret, request.cookies.get(SESSION_COOKIE), form.get("csrf"))
-                    return await run_in_threadpool(handler, request, viewer, form)
-                return await run_in_threadpool(handler, request, viewer)
+                viewer = identify(self.keys, request.headers.get("authorization"), session)
+                if not self.keys.enabled and session is None:
+                    self._start_session(request, None)  # keys off: the first page view gets one
+                if not action:
+                    return await run_in_threadpool(handler, request, viewer)
+                form = await _read_form(request)
+                if not viewer.admin:
+                    raise Forbidden(f"Key {viewer.name!r} may look but not act: that needs an admin key.")
+                if not viewer.via_header:
+                    self._check_action(request, session, form)
+                return await run_in_threadpool(handler, request, viewer, form)
             except Unauthorized as e:
                 if action or request.headers.get("authorization"):
                     return self._error(request, None, e)
-                body = self._render(
-                    "login.html", request, None, page="login", message=e.message, next=request.url.path
-                )
-                return self._respond(request, body, 401)
+                return self._login_form(request, e.message, request.url.path, 401)
             except SmallfleetError as e:
                 return self._error(request, viewer, e)
             except Exception as e:
@@ -412,43 +457,53 @@ class Dashboard:
     # ------------------------------------------------------------ login
 
     async def _login_page(self, request: Request) -> Response:
-        request.state.session = request.cookies.get(SESSION_COOKIE) or new_session()
-        body = self._render("login.html", request, None, page="login", message=None, next=self.prefix)
-        return self._respond(request, body)
+        from starlette.responses import RedirectResponse
+
+        self._begin(request)
+        if not self.keys.enabled:  # nothing to sign in to
+            return RedirectResponse(self.prefix or "/", status_code=303)
+        return self._login_form(request, None, self.prefix)
 
     async def _login(self, request: Request) -> Response:
+        """Check the form's token and the key; then, and only then, issue a session naming the key."""
         from starlette.responses import RedirectResponse
 
-        request.state.session = request.cookies.get(SESSION_COOKIE) or new_session()
+        self._begin(request)
+        form: dict[str, str] = {}
         try:
             form = await _read_form(request)
-            check_csrf(self._secret, request.cookies.get(SESSION_COOKIE), form.get("csrf"))
-            key = form.get("key", "").strip()
-            identify(self.keys, None, key or None) if self.keys.enabled else None
+            if self.keys.enabled:
+                self.sessions.check_login(request.cookies.get(LOGIN_COOKIE), form.get("csrf"))
+                key = form.get("key", "").strip()
+                if not key:
+                    raise Unauthorized("Enter a gateway key.")
+                self._start_session(request, self.keys.authenticate("Bearer " + key))
+                request.state.cookies[LOGIN_COOKIE] = None
         except SmallfleetError as e:
-            body = self._render(
-                "login.html", request, None, page="login", message=e.message, next=self.prefix
-            )
-            return self._respond(request, body, e.status_code)
-        target = form.get("next") or self.prefix
-        if not (target == self.prefix or target.startswith(self.prefix + "/")):  # never an open redirect
-            target = self.prefix
-        resp = RedirectResponse(target, status_code=303)
-        resp.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict", path=self.prefix or "/")
+            return self._login_form(request, e.message, self._next(form.get("next")), e.status_code)
+        resp = RedirectResponse(self._next(form.get("next")), status_code=303)
+        self._set_cookies(request, resp)
         return resp
 
+    def _next(self, target: str | None) -> str:
+        """Where to go after signing in: a dashboard path, never an open redirect."""
+        if target and (target == self.prefix or target.startswith(self.prefix + "/")):
+            return target
+        return self.prefix or "/"
+
     async def _logout(self, request: Request) -> Response:
-        from starlette.responses import RedirectResponse
+        from starlette.responses import PlainTextResponse, RedirectResponse
 
-        form = await _read_form(request)
+        session = self._begin(request)
         try:
-            check_csrf(self._secret, request.cookies.get(SESSION_COOKIE), form.get("csrf"))
-        except Forbidden as e:
-            from starlette.responses import PlainTextResponse
-
-            return PlainTextResponse(e.message, status_code=403)
+            self.sessions.check_csrf(session, (await _read_form(request)).get("csrf"))
+        except UserError as e:
+            return PlainTextResponse(e.message, status_code=e.status_code)
+        # Sessions are signed, not stored: signing out drops the cookie; the value itself lasts
+        # until its expiry or its key's removal.
+        request.state.cookies[SESSION_COOKIE] = None
         resp = RedirectResponse(self.prefix + "/login", status_code=303)
-        resp.delete_cookie(KEY_COOKIE, path=self.prefix or "/")
+        self._set_cookies(request, resp)
         return resp
 
     async def _static(self, request: Request) -> Response:
@@ -515,10 +570,34 @@ def _preview(rec: Any, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _process_secret() -> bytes:
+    log.warning(
+        "gateway.session_secret is not set: dashboard sessions and forms are signed with a random "
+        "secret of this process, so they end when it restarts and fail across replicas "
+        "(set SMALLFLEET_GATEWAY__SESSION_SECRET to the same value on every replica)."
+    )
+    return secrets.token_bytes(32)
+
+
 def create_dashboard(
-    store: TraceStore, keys: KeyRing | None = None, *, metrics: Metrics | None = None, prefix: str = "/ui"
+    store: TraceStore,
+    keys: KeyRing | None = None,
+    *,
+    metrics: Metrics | None = None,
+    prefix: str = "/ui",
+    session_secret: str | None = None,
 ) -> Dashboard:
-    """The dashboard app over ``store``; ``keys`` as the gateway's (none: open to anyone who can reach it)."""
+    """The dashboard app over ``store``; ``keys`` as the gateway's (none: open to anyone who can reach it).
+
+    ``session_secret`` signs sessions and CSRF tokens (``gateway.session_secret``); give every replica
+    the same one. None: a random one for this process.
+    """
     from smallfleet.gateway.auth import KeyRing
 
-    return Dashboard(store, keys if keys is not None else KeyRing([]), metrics=metrics, prefix=prefix)
+    return Dashboard(
+        store,
+        keys if keys is not None else KeyRing([]),
+        metrics=metrics,
+        prefix=prefix,
+        session_secret=session_secret,
+    )
