@@ -18,7 +18,8 @@ model carries what the far side said::
      │    ├── UpstreamTimeout    the endpoint did not answer in time
      │    ├── RateLimited        the endpoint said 429 after every retry (retry_after)
      │    └── OutputInvalid      the model's output did not parse or validate
-     └── BudgetExceeded         a key's spending limit is used up → 429
+     ├── BudgetExceeded         a key's spending limit is used up → 429
+     └── Unavailable            a part the gateway needs (the budget ledger's database) is down → 503
 
 Each error knows the HTTP status and the OpenAI-style error ``type`` the gateway
 answers with, so the mapping lives in one place.
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimited",
     "RequestInvalid",
     "SmallfleetError",
+    "Unavailable",
     "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamRejected",
@@ -243,3 +245,11 @@ class BudgetExceeded(SmallfleetError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "budget_exceeded"
+
+
+class Unavailable(SmallfleetError):
+    """Something the request needs (e.g. the database behind budgets) is down for now: retry."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"

@@ -246,6 +246,25 @@ def test_a_sequential_client_streaming_is_charged_what_each_call_cost(
     )
 
 
+def test_a_ledger_that_cannot_be_read_is_a_503_not_a_500(
+    start_gateway: Callable[..., Any], upstream: ScriptedUpstream
+) -> None:
+    import sqlalchemy as sa
+
+    key = {"name": "agent", "sha256": hash_key(GOOD), "daily_budget_usd": 1.0}
+    gw = start_gateway({"models": {"big": model_cfg(upstream.url)}, "gateway": {"keys": [key]}})
+    with gw.store.engine.begin() as conn:  # the ledger's table gone: every reservation fails
+        conn.execute(sa.text("DROP TABLE budget_spend"))
+    r = httpx.post(
+        gw.url + "/chat/completions",
+        json={"model": "big", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {GOOD}"},
+    )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+    [t] = [t for t in gw.traces() if t.id == r.headers["x-smallfleet-trace-id"]]
+    assert t.http_status == 503
+
+
 # ---------------------------------------------------------------- two gateways on one PostgreSQL
 
 BUDGET = 0.0002

@@ -41,6 +41,7 @@ from smallfleet.errors import (
     RateLimited,
     RequestInvalid,
     SmallfleetError,
+    Unavailable,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -446,7 +447,13 @@ class Gateway:
         if key is not None and key.daily_budget_usd is not None:  # held now, settled in _finish
             budget_tokens = self.settings.gateway.budget_max_tokens
             estimate = estimate_usd(request, chain, self.prices, budget_tokens)
-            state.reservation = await self.keys.areserve(key, estimate)
+            try:
+                state.reservation = await self.keys.areserve(key, estimate)
+            except SmallfleetError:
+                raise
+            except Exception as e:  # the ledger's database: a budget that cannot be checked is not spent
+                log.error("Trace %s: the budget ledger failed (%s: %s)", rec.id, type(e).__name__, e)
+                raise Unavailable("This key's budget cannot be checked right now; retry shortly.") from None
         first: tuple[ChatModel, str] | None = None
         escalation: str | None = None
         if self.router is not None:

@@ -147,7 +147,7 @@ class Intake:
         if text.startswith("\ufeff"):
             text = text[1:]
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_no_constant)
         except ValueError as e:
             raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
         except RecursionError:
@@ -172,6 +172,10 @@ class Intake:
                 what,
                 code="label_too_long",
             )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
 def _depth(node: Any) -> int:
