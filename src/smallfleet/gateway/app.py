@@ -29,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
-from random import getrandbits
+from random import Random
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smallfleet.errors import (
@@ -111,9 +112,14 @@ class _ClientGone(Exception):
     """The client went away before its request body arrived."""
 
 
+#: The gateway's own generator, seeded from the OS: code that seeds the global ``random`` (training
+#: code, test frameworks) must never make two traces share an id (the store would keep one).
+_IDS = Random()
+
+
 def _trace_id() -> str:
     """A uuid4 in hex, from the fast PRNG (os.urandom costs a syscall per request; ids are not secrets)."""
-    n = getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    n = _IDS.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
     return f"{n | (0x4000 << 64) | (0x8000 << 48):032x}"
 
 
@@ -127,6 +133,17 @@ def _dumps(obj: Any) -> bytes:
 def _error_body(e: SmallfleetError) -> bytes:
     return _dumps(e.to_openai())
 
+
+#: The one method each API path (other than the chat path) takes; another gets 405 with ``Allow``.
+_METHOD_OF = {
+    "/v1/feedback": "POST",
+    "/feedback": "POST",
+    "/v1/models": "GET",
+    "/models": "GET",
+    "/healthz": "GET",
+    "/metrics": "GET",
+    "/openapi.json": "GET",
+}
 
 _OPENAPI: bytes | None = None
 
@@ -227,18 +244,20 @@ class Gateway:
             except SmallfleetError as e:
                 await _send(send, e.status_code, _error_body(e), _JSON)
                 return
-            if path in ("/v1/feedback", "/feedback"):
-                if method != "POST":
-                    await self._plain_error(send, 405, "Use POST for /v1/feedback.")
-                    return
+            allowed = _METHOD_OF.get(path)
+            if allowed is not None and method != allowed:
+                await self._plain_error(
+                    send, 405, f"Use {allowed} for {path}.", code="method_not_allowed", allow=allowed
+                )
+            elif path in ("/v1/feedback", "/feedback"):
                 await self._feedback(scope, receive, send)
-            elif path in ("/v1/models", "/models") and method == "GET":
+            elif path in ("/v1/models", "/models"):
                 await self._models(scope, send)
             elif path == "/healthz":
                 await self._health(send)
-            elif path == "/metrics" and method == "GET":
+            elif path == "/metrics":
                 await self._metrics(scope, send)
-            elif path == "/openapi.json" and method == "GET":
+            elif path == "/openapi.json":
                 await _send(send, 200, _openapi_bytes(), _JSON)
             elif path == "/ui" or path.startswith("/ui/"):
                 await self._dashboard(scope, receive, send)
@@ -280,11 +299,13 @@ class Gateway:
         }
         await _send(send, 503, _dumps(body), _JSON)
 
-    async def _plain_error(self, send: Any, status: int, message: str, code: str | None = None) -> None:
+    async def _plain_error(
+        self, send: Any, status: int, message: str, code: str | None = None, allow: str | None = None
+    ) -> None:
         body = _dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         )
-        await _send(send, status, body, _JSON)
+        await _send(send, status, body, _JSON, extra=[(b"allow", allow.encode())] if allow else None)
 
     async def _dashboard(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The web dashboard (:mod:`smallfleet.dashboard`), built on first use so jinja2 loads only then."""
@@ -349,9 +370,17 @@ class Gateway:
                     )
                     await self._plain_error(send, 404, message, code="trace_not_found")
                     return
+            redactor = self.recorder.redactor
+            if comment is not None and redactor is not None:  # stored like every other string: redacted
+                comment = redactor.redact_text(comment)
             await loop.run_in_executor(None, self.store.add_feedback, trace_id, score, comment)
         except SmallfleetError as e:
             await _send(send, e.status_code, _error_body(e), _JSON)
+            return
+        except Exception as e:  # e.g. the store is down: an OpenAI-style 500, never a bare one
+            log.exception("Feedback failed")
+            internal = _Internal(f"Internal error in the gateway ({type(e).__name__}) storing feedback.")
+            await _send(send, 500, _error_body(internal), _JSON)
             return
         out = {"object": "feedback", "trace_id": trace_id, "score": score, "comment": comment}
         await _send(send, 200, _dumps(out), _JSON)
@@ -690,6 +719,8 @@ class Gateway:
         if not isinstance(e, ModelError | _Internal):
             rec.route = "rejected"
         extra: list[tuple[bytes, bytes]] = []
+        if isinstance(e, MethodNotAllowed):
+            extra.append((b"allow", b"POST"))
         retry_after = getattr(e, "retry_after", None)
         if isinstance(e, RateLimited) and retry_after:
             extra.append((b"retry-after", str(int(retry_after + 0.999)).encode()))
@@ -778,6 +809,9 @@ def _header_bytes(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
+_TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 def _parse_feedback(data: Any) -> tuple[str, float, str | None]:
     """(trace_id, score, comment) from a parsed feedback body, or RequestInvalid naming the field."""
     import math
@@ -789,10 +823,14 @@ def _parse_feedback(data: Any) -> tuple[str, float, str | None]:
         message = f"Unknown field {unknown[0]!r}; feedback takes trace_id, score, comment."
         raise RequestInvalid(message, unknown[0])
     trace_id = data.get("trace_id")
-    if not isinstance(trace_id, str) or not trace_id.strip() or len(trace_id) > 64:
+    if not isinstance(trace_id, str) or _TRACE_ID.fullmatch(trace_id.strip()) is None:
         raise RequestInvalid("'trace_id' must be the x-smallfleet-trace-id of a response.", "trace_id")
     score = data.get("score")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+    try:
+        finite = not isinstance(score, bool) and isinstance(score, int | float) and math.isfinite(score)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise RequestInvalid("'score' must be a finite number (negative: a bad answer).", "score")
     comment = data.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):

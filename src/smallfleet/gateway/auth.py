@@ -119,13 +119,14 @@ def estimate_usd(
 
 
 def _prompt_tokens(request: ChatRequest) -> int:
-    from smallfleet.types import content_text
+    from smallfleet.types import AssistantMessage, content_text
 
     chars = 0
     for m in request.messages:
         chars += len(content_text(getattr(m, "content", None)))
-        for call in getattr(m, "tool_calls", None) or []:
-            chars += len(call.function.name) + len(call.function.arguments)
+        if isinstance(m, AssistantMessage):  # elsewhere "tool_calls" is an unknown field, of any type
+            for call in m.tool_calls or []:
+                chars += len(call.function.name) + len(call.function.arguments)
     for tool in request.tools or []:  # the schemas go into the prompt too
         chars += len(tool.model_dump_json(exclude_none=True))
     return (chars + 3) // 4 + _TOKENS_PER_MESSAGE * len(request.messages)

@@ -223,7 +223,10 @@ class TraceStore:
                 raise UserError(f"No trace with id {trace_id!r}.")
             conn.execute(
                 sa.insert(feedback).values(
-                    trace_id=trace_id, score=float(score), comment=comment, created_at=time.time()
+                    trace_id=trace_id,
+                    score=float(score),
+                    comment=None if comment is None else clean_text(comment),
+                    created_at=time.time(),
                 )
             )
 
