@@ -13,9 +13,13 @@ email     ``name@example.com``                                        → ``<EMA
 phone     ``+44 20 7946 0958``, ``(415) 555-0132``, ``415-555-0132``    → ``<PHONE_n>``
 card      payment card numbers: known prefix, length, Luhn-checked     → ``<CARD_n>``
 iban      IBANs, with or without spaces, mod-97-checked                → ``<IBAN_n>``
-ip        IPv4 and IPv6 addresses                                       → ``<IP_n>``
+ip        IPv4 and IPv6 addresses (not loopback ``127.x`` or ``0.0.0.0``) → ``<IP_n>``
+ssn       US social security numbers ``123-45-6789``, ``123 45 6789``, and nine digits
+          after a keyword (``SSN: 123456789``); invalid ones are kept     → ``<SSN_n>``
 secret    ``sk-…`` keys, AWS ``AKIA…`` keys, bearer tokens, JWTs, GitHub/Slack/Google
-          tokens, PEM private key blocks, ``api_key=…``-style assignments → ``<SECRET_n>``
+          tokens, PEM private key blocks, ``api_key=…``-style assignments, and the value
+          of any JSON field named like a secret (``password``, ``db_password``,
+          ``X-Api-Key``, ``access_token``, …), whatever it looks like      → ``<SECRET_n>``
 ========  ==========================================================================
 
 User patterns (``redaction.patterns: {NAME: regex}``) run first and become
@@ -24,13 +28,20 @@ User patterns (``redaction.patterns: {NAME: regex}``) run first and become
 A JSON document inside a string (tool-call ``arguments``) is parsed, redacted
 and dumped again, so it stays valid JSON. Only what is stored is redacted: the
 upstream model still receives the original request.
+
+:func:`install_log_redaction` makes every log record of the process pass a
+redactor too (its message and its traceback).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
 import json
+import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,10 +52,19 @@ if TYPE_CHECKING:
     from smallfleet.config import RedactionConfig
     from smallfleet.store.records import TraceRecord
 
-__all__ = ["KINDS", "Redactor", "iban_valid", "luhn_valid"]
+__all__ = [
+    "KINDS",
+    "Redactor",
+    "iban_valid",
+    "install_log_redaction",
+    "luhn_valid",
+    "secret_field",
+    "ssn_valid",
+    "uninstall_log_redaction",
+]
 
 #: The built-in detector kinds.
-KINDS = ("secret", "email", "iban", "card", "ip", "phone")
+KINDS = ("secret", "email", "iban", "card", "ip", "phone", "ssn")
 
 _DIGIT = re.compile(r"\d")
 
@@ -113,6 +133,74 @@ def _phone_ok(value: str) -> bool:
     return 8 <= n <= 15
 
 
+def _ipv4_ok(value: str) -> bool:
+    # Loopback and "any" addresses identify no one (and keep "listening on 127.0.0.1:8787" readable).
+    return not value.startswith("127.") and value != "0.0.0.0"
+
+
+def ssn_valid(value: str) -> bool:
+    """Whether ``value`` (separators allowed) is a US social security number that can be issued.
+
+    Never issued: area 000, 666 and 900–999, group 00, serial 0000.
+    """
+    d = _digits_only(value)
+    if len(d) != 9:
+        return False
+    area, group, serial = d[:3], d[3:5], d[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+# ---------------------------------------------------------------- fields named like secrets
+
+#: Name parts that make a JSON field's value a secret, whatever the value looks like.
+_SECRET_PARTS = frozenset(
+    {
+        *("password", "passwd", "passphrase", "pwd", "secret", "secrets", "token"),
+        *("apikey", "privatekey", "secretkey", "accesskey", "authorization", "credential", "credentials"),
+    }
+)
+_SECRET_ENDINGS = tuple(_SECRET_PARTS)
+_SECRET_PAIRS = frozenset(
+    (first, key) for first in ("api", "private", "secret", "access", "signing") for key in ("key", "keys")
+)
+#: A last name part that describes the secret rather than holding it: ``token_type``, ``secret_name``.
+_ABOUT_PARTS = frozenset(
+    {
+        *("count", "limit", "type", "types", "length", "len", "usage", "url", "uri", "endpoint"),
+        *("expires", "expiry", "expiration", "ttl", "id", "ids", "name", "names", "path", "file", "hint"),
+        "policy",
+    }
+)
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_ROUGH = re.compile(r"(?i)pass|pwd|secret|token|key|auth|cred")
+
+
+def _name_parts(name: str) -> list[str]:
+    """``X-Api-Key`` → ``[x, api, key]``; ``dbPassword2`` → ``[db, password]``."""
+    parts = _NON_ALNUM.split(_CAMEL.sub(r"\1_\2", name).lower())
+    return [p.rstrip("0123456789") for p in parts if p.rstrip("0123456789")]
+
+
+@functools.lru_cache(maxsize=4096)
+def secret_field(name: str) -> bool:
+    """Whether a field (JSON key, header) named ``name`` holds a secret: ``password``, ``X-Api-Key`` …"""
+    if _ROUGH.search(name) is None:
+        return False
+    parts = _name_parts(name)
+    if not parts or parts[-1] in _ABOUT_PARTS:
+        return False
+    if any(p.endswith(_SECRET_ENDINGS) for p in parts):  # dbpassword, authtoken: no separator
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ssn_field(name: str) -> bool:
+    parts = _name_parts(name) if "s" in name.lower() else []
+    return "ssn" in parts or ("social", "security") in itertools.pairwise(parts)
+
+
 @dataclass(frozen=True)
 class _Detector:
     kind: str
@@ -128,7 +216,11 @@ def _has(*needles: str) -> Callable[[str], bool]:
 
 
 def _has_ci(*needles: str) -> Callable[[str], bool]:
-    return lambda s: any(n in s.lower() for n in needles)
+    def check(s: str) -> bool:
+        low = s.lower()  # once, not once a needle
+        return any(n in low for n in needles)
+
+    return check
 
 
 def _has_digit(s: str) -> bool:
@@ -139,10 +231,13 @@ def _digits_only(s: str) -> str:
     return re.sub(r"\D", "", s)
 
 
+# Field names in free text: ``api_key=…``, ``db_password: …``, ``"X-Api-Key": "…"`` (prefixes end in _ or -).
 _SECRET_KEYWORDS = (
-    "api_key|api-key|apikey|access_key|access-key|secret_key|secret|client_secret|token|"
-    "auth_token|access_token|refresh_token|password|passwd|pwd"
+    r"(?<![A-Za-z0-9])(?:api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|secret|token|"
+    r"password|passwd|passphrase|pwd|authorization|credentials?)(?![A-Za-z0-9])"
 )
+#: An HTTP auth scheme before the credential: ``Authorization: Basic dXNlcjpwYXNz``.
+_SCHEME = r"(?:basic|bearer|digest|token)"
 
 _BUILTIN: list[_Detector] = [
     _Detector(
@@ -169,7 +264,7 @@ _BUILTIN: list[_Detector] = [
             r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
             r")(?![\w-])"
         ),
-        _has("sk-", "AKIA", "ASIA", "gh", "xox", "AIza", "eyJ"),
+        _has("sk-", "AKIA", "ASIA", "gh", "github_pat_", "xox", "AIza", "eyJ"),
     ),
     _Detector(
         "secret",
@@ -177,13 +272,32 @@ _BUILTIN: list[_Detector] = [
         re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)"),
         _has_ci("bearer"),
     ),
-    _Detector(
+    _Detector(  # a private key block without its end (cut short): up to where its base64 stops
+        "secret",
+        "SECRET",
+        re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:\\+[rn]|[\sA-Za-z0-9+/=])*"),
+        _has("PRIVATE KEY"),
+    ),
+    _Detector(  # a key or token cut short by an ellipsis (an error snippet, a label cut to length)
         "secret",
         "SECRET",
         re.compile(
-            rf"(?i)\b(?:{_SECRET_KEYWORDS})\b[\"']?\s*[:=]\s*[\"']?(?P<value>(?!<[A-Z])[^\s\"',;\\<>]{{6,}})"
+            r"(?<![\w-])(?:sk-|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abposr]-|AIza|eyJ)[A-Za-z0-9_\-.]*(?=…)"
+            r"|(?i:\bbearer\s+)(?P<value>[A-Za-z0-9\-._~+/]+)(?=…)"
         ),
-        _has_ci("key", "secret", "token", "passw", "pwd"),
+        _has("…"),
+    ),
+    _Detector(  # a field named like a secret in text, then its value
+        "secret",
+        "SECRET",
+        re.compile(
+            rf"(?i){_SECRET_KEYWORDS}\\*[\"']?\s*[:=]\s*(?:"
+            # quoted, any length: "password": "pw1"; \\"token\\": \\"…\\" in JSON inside JSON
+            r"(?P<q>\\*[\"'])(?P<value>(?!(?P=q))(?!<[A-Z])[^\n]{1,1024}?)(?<!\\)(?P=q)"
+            # unquoted, 6 characters or more: api_key=…, Authorization: Basic …
+            rf"|\\*[\"']?(?:{_SCHEME}\s+)?(?P<bare>(?!<[A-Z])(?!{_SCHEME}\s)[^\s\"',;\\<>]{{6,}}))"
+        ),
+        _has_ci("key", "secret", "token", "passw", "pwd", "auth", "cred"),
     ),
     _Detector(
         "email",
@@ -193,6 +307,24 @@ _BUILTIN: list[_Detector] = [
         ),
         _has("@"),
         normalise=str.lower,
+    ),
+    _Detector(
+        "ssn",
+        "SSN",
+        re.compile(r"(?<![\w+-])\d{3}([- ])\d{2}\1\d{4}(?![\w+-]|\.\d)"),
+        _has_digit,
+        ssn_valid,
+        _digits_only,
+    ),
+    _Detector(  # nine digits in a row only after a keyword: "SSN: 123456789"
+        "ssn",
+        "SSN",
+        re.compile(
+            r"(?i)\b(?:ssn|social[\s_-]*security(?:[\s_-]*(?:number|num|no))?)\b"
+            r"\W{0,8}(?:(?:is|was|of)\W{1,3})?(?P<value>\d{9})(?!\d)"
+        ),
+        _has_ci("ssn", "social"),
+        ssn_valid,
     ),
     _Detector(
         "iban",
@@ -205,7 +337,7 @@ _BUILTIN: list[_Detector] = [
     _Detector(
         "card",
         "CARD",
-        re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w-])"),
+        re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w+-])"),
         _has_digit,
         _card_ok,
         _digits_only,
@@ -228,6 +360,7 @@ _BUILTIN: list[_Detector] = [
             r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
         ),
         _has_digit,
+        _ipv4_ok,
     ),
     _Detector(
         "phone",
@@ -238,7 +371,7 @@ _BUILTIN: list[_Detector] = [
             r"|\(\d{3}\) ?\d{3}[ .-]\d{4}"  # (415) 555-0132
             r"|\d{3}([.-])\d{3}\1\d{4}"  # 415-555-0132, 415.555.0132
             r"|0\d{1,4}(?: \d{2,4}){2,4}"  # national with spaces: 020 7946 0958, 06 12 34 56 78
-            r")(?![\w-]|\.\d)"
+            r")(?![\w+-]|\.\d)"
         ),
         _has_digit,
         _phone_ok,
@@ -285,6 +418,8 @@ class Redactor:
             )
         self._detectors: list[_Detector] = [self._user_detector(n, p) for n, p in config.patterns.items()]
         self._detectors += [d for d in _BUILTIN if d.kind in kinds]
+        self._secret_fields = "secret" in kinds
+        self._ssn_fields = "ssn" in kinds
 
     @staticmethod
     def _user_detector(name: str, pattern: str) -> _Detector:
@@ -311,7 +446,10 @@ class Redactor:
         return self._walk(request, session), (None if response is None else self._walk(response, session))
 
     def redact_record(self, record: TraceRecord) -> TraceRecord:
-        """The record with its request, response, metadata and error redacted (one placeholder set)."""
+        """The record with every string a client or an upstream chose redacted (one placeholder set).
+
+        Request, response, metadata, error, workload and model_requested.
+        """
         if not self.enabled:
             return record
         from dataclasses import replace
@@ -322,7 +460,9 @@ class Redactor:
             request=None if record.request is None else self._walk(record.request, s),
             response=None if record.response is None else self._walk(record.response, s),
             metadata=self._walk(record.metadata, s) if record.metadata else record.metadata,
-            error=None if record.error is None else self._text(record.error, s),
+            error=None if record.error is None else self._string(record.error, s),
+            workload=self._text(record.workload, s),
+            model_requested=self._text(record.model_requested, s),
         )
 
     def redact_text(self, text: str) -> str:
@@ -335,9 +475,7 @@ class Redactor:
         if isinstance(node, str):
             return self._string(node, s)
         if isinstance(node, dict):
-            return {
-                self._string(k, s) if isinstance(k, str) else k: self._walk(v, s) for k, v in node.items()
-            }
+            return {self._key(k, s): self._member(k, v, node, s) for k, v in node.items()}
         if isinstance(node, list):
             return [self._walk(v, s) for v in node]
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**12:
@@ -347,17 +485,35 @@ class Redactor:
             return node if out == text else out
         return node
 
+    def _key(self, key: Any, s: _Session) -> Any:
+        return self._string(key, s) if isinstance(key, str) else key
+
+    def _member(self, key: Any, value: Any, parent: dict[Any, Any], s: _Session) -> Any:
+        """One value of a dict: a field named like a secret (or an SSN) is replaced whole."""
+        if isinstance(key, str):
+            if self._secret_fields and secret_field(key) and not _logprob_token(key, parent):
+                return self._field(value, s, "SECRET", _secret_value)
+            if self._ssn_fields and _ssn_field(key):
+                return self._field(value, s, "SSN", _ssn_value)
+        return self._walk(value, s)
+
+    def _field(self, value: Any, s: _Session, label: str, pick: Callable[[Any], str | None]) -> Any:
+        if isinstance(value, list):
+            return [self._field(v, s, label, pick) for v in value]
+        found = pick(value)
+        return self._walk(value, s) if found is None else s.placeholder(label, found)
+
     def _string(self, text: str, s: _Session) -> str:
         stripped = text.lstrip()
         if stripped[:1] in ("{", "[") and len(stripped) > 1:
             # A JSON document inside a string (tool-call arguments): keep it valid JSON.
             try:
                 doc = json.loads(text)
-            except ValueError:
-                doc = None
-            if isinstance(doc, (dict, list)):
-                red = self._walk(doc, s)
-                return text if red == doc else json.dumps(red, ensure_ascii=False)
+                if isinstance(doc, (dict, list)):
+                    red = self._walk(doc, s)
+                    return text if red == doc else json.dumps(red, ensure_ascii=False)
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to walk: plain text
+                pass
         return self._text(text, s)
 
     def _text(self, text: str, s: _Session) -> str:
@@ -365,20 +521,204 @@ class Redactor:
             return text
         for d in self._detectors:
             if d.precheck(text):
-                text = d.regex.sub(lambda m, d=d: self._replace(m, d, s), text)
+                text = self._sub(d, text, s)
         return text
+
+    def _sub(self, d: _Detector, text: str, s: _Session) -> str:
+        """``d``'s matches in ``text`` replaced; a match that fails its check is retried shorter."""
+        if d.validate is None:
+            return d.regex.sub(lambda m: self._replace(m, d, s), text)
+        out: list[str] = []
+        last = pos = 0
+        retries = _RETRIES  # bounded: a table of numbers would otherwise cost a check per digit
+        while (m := d.regex.search(text, pos)) is not None:
+            good = _checked(d, m, retries > 0)
+            if good is None:
+                retries -= 1
+                # e.g. "qty 2 4111 1111 1111 1111": the card starts later
+                pos = m.start() + 1 if retries > 0 else m.end()
+                continue
+            out += (text[last : good.start()], self._replace(good, d, s))
+            last = pos = good.end()
+        return "".join((*out, text[last:])) if out else text
 
     @staticmethod
     def _replace(m: re.Match[str], d: _Detector, s: _Session) -> str:
         whole = m.group(0)
-        try:
-            start, end = m.span("value")
-        except IndexError:
-            start, end = m.span()
-        if start < 0:
-            start, end = m.span()
+        start, end = _value_span(m)
         value = m.string[start:end]
-        if not value or (d.validate is not None and not d.validate(value)):
+        if not value:
             return whole
         ph = s.placeholder(d.label, d.normalise(value))
         return whole[: start - m.start()] + ph + whole[end - m.start() :]
+
+
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+#: Shorter matches tried when a match fails its check (a card is at most three short groups too long).
+_SHORTER_TRIES = 8
+#: Failed matches of one detector in one text that are tried again shorter and later.
+_RETRIES = 128
+
+
+def _value_span(m: re.Match[str]) -> tuple[int, int]:
+    """The part of a match to replace: its group named ``value`` (or ``bare``) when it has one."""
+    for name in ("value", "bare"):
+        try:
+            start, end = m.span(name)
+        except IndexError:
+            continue
+        if start >= 0:
+            return start, end
+    return m.span()
+
+
+def _checked(d: _Detector, m: re.Match[str], shorter: bool) -> re.Match[str] | None:
+    """``m`` if its value passes ``d``'s check, else the longest shorter match ending between tokens."""
+    assert d.validate is not None
+    if d.validate(m.string[slice(*_value_span(m))]):
+        return m
+    if not shorter:
+        return None
+    text, start = m.string, m.start()
+    ends = [e for e in range(m.end() - 1, start, -1) if not text[e].isalnum()]
+    for end in ends[:_SHORTER_TRIES]:  # "4111 1111 1111 1111 2024": the card ends earlier
+        short = d.regex.match(text, start, end)
+        if short is not None and d.validate(text[slice(*_value_span(short))]):
+            return short
+    return None
+
+
+def _secret_value(value: Any) -> str | None:
+    """What a secret-named field holds, as the placeholder's key; None to leave it (booleans, null, "")."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value if value and not _PLACEHOLDER.fullmatch(value) else None
+    return str(value) if isinstance(value, (int, float)) else None
+
+
+def _ssn_value(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return _digits_only(text) if ssn_valid(text) and re.fullmatch(r"[\d -]+", text.strip()) else None
+
+
+def _logprob_token(key: str, parent: dict[Any, Any]) -> bool:
+    """A logprobs entry's ``token`` is a piece of the answer, not a credential."""
+    return key == "token" and "logprob" in parent
+
+
+# ---------------------------------------------------------------- logs
+
+_log_lock = threading.Lock()
+_log_factory: _LogRedaction | None = None
+_WITHHELD = "[log message withheld: it could not be redacted]"
+
+
+class _LogRedaction:
+    """A log record factory that redacts what the previous factory made (message and traceback)."""
+
+    def __init__(self, previous: Callable[..., logging.LogRecord], redactor: Redactor | None) -> None:
+        self.previous = previous
+        self.redactor = redactor
+        self._busy = threading.local()  # set while redacting: a log call from inside passes as it is
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        redactor = self.redactor
+        if redactor is None or getattr(self._busy, "on", False):
+            return record
+        self._busy.on = True
+        try:
+            _redact_log_record(record, redactor)
+        except Exception:  # never log unredacted, never break the caller's log call
+            record.msg, record.args, record.exc_info, record.exc_text = _WITHHELD, None, None, None
+        finally:
+            self._busy.on = False
+        return record
+
+
+def install_log_redaction(redactor: Redactor) -> None:
+    """Make every log record of this process pass ``redactor``: its message and its traceback.
+
+    Chained to the current log record factory, so it covers every logger (child
+    loggers, uvicorn's, pytest's caplog). Idempotent: a second call only swaps
+    the redactor. A disabled redactor installs nothing.
+    """
+    global _log_factory
+    if not redactor.enabled:
+        return
+    with _log_lock:
+        if _log_factory is not None:
+            _log_factory.redactor = redactor
+            return
+        _log_factory = _LogRedaction(logging.getLogRecordFactory(), redactor)
+        logging.setLogRecordFactory(_log_factory)
+
+
+def uninstall_log_redaction() -> None:
+    """Undo :func:`install_log_redaction` (for tests); a factory chained after ours is kept."""
+    global _log_factory
+    with _log_lock:
+        factory, _log_factory = _log_factory, None
+        if factory is None:
+            return
+        if logging.getLogRecordFactory() is factory:
+            logging.setLogRecordFactory(factory.previous)
+        else:  # another factory wraps ours: ours stays in the chain, passing records through
+            factory.redactor = None
+
+
+def _redact_log_record(record: logging.LogRecord, redactor: Redactor) -> None:
+    _redact_log_message(record, redactor)
+    if record.exc_info and not record.exc_text:
+        # Formatters print exc_text when it is set, instead of formatting exc_info again.
+        record.exc_text = redactor.redact_text(_TRACEBACKS.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redactor.redact_text(record.stack_info)
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def _redact_log_message(record: logging.LogRecord, redactor: Redactor) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not fit the format: logging would print them raw
+        record.msg, record.args = redactor.redact_text(f"{record.msg!s} {record.args!r}"), None
+        return
+    redacted = redactor.redact_text(message)
+    if redacted == message:  # the common case: one format, one scan
+        return
+    if not _redact_log_args(record, redactor):
+        record.msg, record.args = redacted, None
+
+
+def _redact_log_args(record: logging.LogRecord, redactor: Redactor) -> bool:
+    """Redact the format and each argument apart, keeping the argument tuple's shape.
+
+    Formatters such as uvicorn's access log unpack ``record.args``; False when a
+    secret spans the parts (or hides in a number) and the message must be flattened.
+    """
+    args = record.args
+    if not isinstance(args, tuple) or not isinstance(record.msg, str):
+        return False
+    msg = redactor.redact_text(record.msg)
+    new_args = tuple(_redact_log_arg(a, redactor) for a in args)
+    try:
+        message = msg % new_args if new_args else msg
+    except Exception:
+        return False
+    if redactor.redact_text(message) != message:
+        return False
+    record.msg, record.args = msg, new_args
+    return True
+
+
+def _redact_log_arg(arg: Any, redactor: Redactor) -> Any:
+    if arg is None or isinstance(arg, (bool, int, float)):
+        return arg
+    text = str(arg)
+    redacted = redactor.redact_text(text)
+    return arg if redacted == text else redacted
