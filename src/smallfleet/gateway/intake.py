@@ -147,13 +147,15 @@ class Intake:
         if text.startswith("\ufeff"):
             text = text[1:]
         try:
-            data = json.loads(text, parse_constant=_no_constant)
+            data = json.loads(text, parse_constant=_NotJSON)
         except ValueError as e:
             raise RequestInvalid(f"The body is not valid JSON: {e}", code="invalid_json") from None
         except RecursionError:
             raise self._too_deep() from None
         if body.count(b"[") + body.count(b"{") > self.max_depth and _depth(data) > self.max_depth:
             raise self._too_deep()
+        if b"NaN" in body or b"Infinity" in body:
+            _refuse_constants(data)
         if _SURROGATE_ESCAPE.search(body) is not None:
             data, changed = _clean(data)
             if changed:
@@ -174,8 +176,28 @@ class Intake:
             )
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+class _NotJSON:
+    """Where Python's json read ``NaN`` or ``Infinity``, which JSON (RFC 8259) does not have."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _refuse_constants(data: Any) -> None:
+    """A 400 naming the first field that holds NaN or Infinity."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _NotJSON):
+            where = f"'{path}' is" if path else "The body is"
+            message = f"{where} {node.name}, which is not JSON: numbers must be finite."
+            raise RequestInvalid(message, path or None)
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
 
 
 def _depth(node: Any) -> int:
