@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
     from smallfleet.store.records import TraceRecord
     from smallfleet.types import ChatRequest
+
+log = logging.getLogger("smallfleet.flywheel.cluster")
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -505,15 +508,32 @@ def _fit_labels(
             if x.shape[1] > 32
             else x
         )
-        labels = HDBSCAN(
-            min_cluster_size=min_cluster_size,
-            min_samples=min(min_cluster_size, 10),
-            cluster_selection_epsilon=0.15,
-            copy=True,
-        ).fit_predict(z)
+        labels = _hdbscan(HDBSCAN, z, min_cluster_size)
         method = "hdbscan"
     sizes = Counter(labels.tolist())
     return np.array([k if k >= 0 and sizes[k] >= min_cluster_size else -1 for k in labels.tolist()]), method
+
+
+def _hdbscan(hdbscan: Any, z: Any, min_cluster_size: int) -> Any:
+    """HDBSCAN's labels, merging clusters closer than 0.15; without that merge where it crashes.
+
+    scikit-learn 1.9's epsilon search raises ``TypeError`` under numpy >= 2.4 when a leaf of
+    the tree lies below the epsilon (it depends on the data): cluster without it then.
+    """
+
+    def run(epsilon: float) -> Any:
+        return hdbscan(
+            min_cluster_size=min_cluster_size,
+            min_samples=min(min_cluster_size, 10),
+            cluster_selection_epsilon=epsilon,
+            copy=True,
+        ).fit_predict(z)
+
+    try:
+        return run(0.15)
+    except TypeError as e:
+        log.warning("HDBSCAN's epsilon merge failed (%s); clustering without it.", e)
+        return run(0.0)
 
 
 def _p50(values: Sequence[float | None]) -> float | None:
