@@ -10,7 +10,8 @@ JSON-lines files::
 unpacked copy, or any folder holding files of that shape, and turns each entry
 into a :class:`BFCLEntry`: an OpenAI :class:`~smallfleet.types.ChatRequest` with
 the functions as tools, and the expected calls in BFCL's possible-answer form,
-ready for :func:`~smallfleet.evals.tool_match.match_tool_calls`.
+ready for :func:`~smallfleet.evals.tool_match.match_tool_calls`, and
+:meth:`BFCLEntry.check` scores an answer as BFCL's own checker does (``mode="bfcl"``).
 
 Functions are converted the way BFCL converts them for OpenAI-style models:
 ``"dict"`` → ``"object"``, ``"float"`` → ``"number"`` (with ``format: float`` and
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet.errors import UserError
-from smallfleet.evals.tool_match import BFCL_TO_JSON_SCHEMA, MatchResult, match_tool_calls
+from smallfleet.evals.tool_match import BFCL_TO_JSON_SCHEMA, MatchMode, MatchResult, match_tool_calls
 from smallfleet.types import ChatRequest, ChatResponse
 
 __all__ = [
@@ -70,9 +71,13 @@ class BFCLEntry:
     def tools(self) -> list[dict[str, Any]]:
         return [t.to_dict() for t in self.request.tools or []]
 
-    def check(self, predicted: Sequence[Mapping[str, Any]]) -> MatchResult:
-        """Match predicted calls (``[{"name", "arguments"}]``, OpenAI names) against this entry."""
-        return match_tool_calls(predicted, self.expected, self.tools)
+    def check(self, predicted: Sequence[Mapping[str, Any]], mode: MatchMode = "bfcl") -> MatchResult:
+        """Match predicted calls (``[{"name", "arguments"}]``, OpenAI names) against this entry.
+
+        ``mode="bfcl"`` (the default) decides as BFCL's own checker does; ``"default"`` is
+        smallfleet's matcher (the differences are in ``docs/bfcl.md``).
+        """
+        return match_tool_calls(predicted, self.expected, self.tools, mode=mode)
 
     def reference_calls(self) -> list[dict[str, Any]]:
         """The expected calls with the first acceptable value of each argument."""
@@ -314,9 +319,11 @@ def reference_calls(
 
 
 def score(
-    entries: Sequence[BFCLEntry], predicted: Sequence[Sequence[Mapping[str, Any]]]
+    entries: Sequence[BFCLEntry],
+    predicted: Sequence[Sequence[Mapping[str, Any]]],
+    mode: MatchMode = "bfcl",
 ) -> list[MatchResult]:
-    """Each entry matched against its predicted calls, in order."""
+    """Each entry matched against its predicted calls, in order (as BFCL decides, by default)."""
     if len(entries) != len(predicted):
         raise ValueError(f"{len(entries)} entries but {len(predicted)} predictions")
-    return [e.check(p) for e, p in zip(entries, predicted, strict=True)]
+    return [e.check(p, mode) for e, p in zip(entries, predicted, strict=True)]

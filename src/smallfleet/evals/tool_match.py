@@ -12,7 +12,7 @@ A predicted list of calls matches the expected calls when:
   Schema ``number``) parameter, a float is *not* accepted for an integer one, a
   boolean is never a number — and one of the acceptable values.
 
-Values are compared the way BFCL does: strings after lowercasing and removing
+Values are compared as BFCL compares top-level arguments: strings after lowercasing and removing
 spaces and ``,./-_*^`` (so ``"April 1, 2024"`` equals ``"april 1 2024"``), lists
 element by element in order, dicts key by key (recursively, with their own
 acceptable values and optional keys), numbers exactly. Where ``""`` is acceptable,
@@ -20,8 +20,9 @@ an empty string or an empty list counts as leaving the argument out. A value who
 type is not the declared one but is that of an acceptable value (BFCL's answers
 that name a variable, e.g. ``"data['sales']"`` for an array) must equal it exactly.
 
-On BFCL's own data this agrees with BFCL's checker on every one of 37,276 answers
-made by mutating the reference answers (``benchmarks/bfcl/agreement.py``).
+On BFCL's own data, ``mode="bfcl"`` agrees with BFCL's checker on every answer made
+by mutating the reference answers (``benchmarks/bfcl/agreement.py``; figures in
+``docs/bfcl.md``).
 
 ``expected`` takes either form:
 
@@ -31,10 +32,19 @@ made by mutating the reference answers (``benchmarks/bfcl/agreement.py``).
 - plain calls ``[{"name": "func", "arguments": {"arg": v}}]`` — every value is
   the single acceptable one and every argument is required.
 
-Where BFCL differs, this checker is slightly stricter in one way and more
-general in two: parallel calls are matched with a true bipartite matching (BFCL
-matches greedily), nested dicts are checked at any depth (BFCL one level), and
-string normalisation applies inside nested values too.
+Two modes (``mode=``):
+
+- ``"default"``: the rules above, applied the same way at every depth. Where BFCL's
+  checker differs, this one is deliberately more consistent: parallel calls are
+  paired with a true bipartite matching (BFCL pairs greedily, in order, and can miss
+  a valid pairing); numbers and booleans inside nested dicts are type-checked like
+  top-level ones (BFCL accepts ``30.0`` for ``30`` and ``0`` for ``false`` there); an
+  integer is accepted inside a float array as it is for a float parameter (BFCL
+  refuses it); strings inside lists inside dicts are normalised (BFCL compares them
+  exactly); nested dicts are checked at any depth (BFCL one level).
+- ``"bfcl"``: BFCL's ``ast_checker`` for Python, decision for decision (it needs the
+  ``tools``). :class:`~smallfleet.evals.bfcl.BFCLEntry` scores with it, so BFCL
+  figures are BFCL's.
 """
 
 from __future__ import annotations
@@ -43,9 +53,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = [
+    "MatchMode",
     "MatchResult",
     "calls_from_response",
     "calls_from_tool_calls",
@@ -72,6 +83,9 @@ BFCL_TO_JSON_SCHEMA: dict[str, str] = {
 }
 
 _STRIP = re.compile(r"[ ,./\-_*^]")
+
+#: ``"default"``: smallfleet's rules at every depth; ``"bfcl"``: BFCL's ``ast_checker`` exactly.
+MatchMode = Literal["default", "bfcl"]
 
 
 @dataclass(frozen=True)
@@ -358,14 +372,22 @@ def match_tool_calls(
     predicted: Sequence[Mapping[str, Any]],
     expected: Sequence[Mapping[str, Any]],
     tools: Iterable[Any] | None = None,
+    mode: MatchMode = "default",
 ) -> MatchResult:
     """Do the ``predicted`` calls (``[{"name", "arguments": dict}]``) match the ``expected`` ones?
 
     ``tools`` (OpenAI tools, as objects or dicts, or BFCL function dicts) adds each
     parameter's declared type and the required list to what ``expected`` says.
+    ``mode="bfcl"`` reproduces BFCL's own checker (see the module docstring); it needs ``tools``.
     """
+    if mode not in get_args(MatchMode):
+        raise ValueError(f"unknown match mode {mode!r}; choose one of {', '.join(get_args(MatchMode))}")
     want = to_possible_answers(expected)
     schemas = _schemas(tools)
+    if mode == "bfcl":
+        if tools is None:
+            raise ValueError('mode="bfcl" needs the tools: BFCL types every argument by its schema')
+        return _bfcl_match(predicted, want, schemas)
     if len(predicted) != len(want):
         names = ", ".join(str(p.get("name")) for p in predicted) or "none"
         return MatchResult(False, f"expected {len(want)} call(s), got {len(predicted)} ({names})")
@@ -379,3 +401,176 @@ def match_tool_calls(
             same = [p for p, call in zip(row, predicted, strict=True) if call.get("name") == name]
             return MatchResult(False, (same or row)[0])
     return MatchResult(False, "no one-to-one pairing of predicted and expected calls matches")
+
+
+# ---------------------------------------------------------------- BFCL's checker, exactly
+#
+# A port of ``ast_checker`` (bfcl-eval 2026.3.23, Python) for JSON values. It keeps
+# BFCL's quirks on purpose: exact Python types (``type(v) is int``), ``==`` and ``in``
+# for values (so ``30.0 == 30`` and ``0 == False`` inside dicts), one level of nesting.
+
+_BFCL_PYTHON_TYPE: dict[str, type] = {
+    "integer": int,
+    "number": float,
+    "string": str,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
+
+
+def _bfcl_type(schema: Mapping[str, Any] | None) -> type:
+    """The Python type BFCL expects (its ``any`` and unknown types convert to string)."""
+    return _BFCL_PYTHON_TYPE.get(_schema_type(schema) or "string", str)
+
+
+def _bfcl_answer_type(alternatives: Sequence[Any]) -> type | None:
+    """BFCL's ``get_possible_answer_type``: the type of the first acceptable value but ``""``."""
+    return next((type(a) for a in alternatives if a != ""), None)
+
+
+def _bfcl_type_ok(value: Any, alternatives: Sequence[Any], expected: type, item_type: type | None) -> bool:
+    """BFCL's ``type_checker``: the declared type, or that of an acceptable value (a variable)."""
+    if type(value) is expected:
+        if item_type is None:
+            return True
+        # Array items: one acceptable list whose item types fit; an acceptable value that is
+        # not a list ("" or a variable) passes. No int → float here, unlike the top level.
+        return any(
+            type(alt) is not list or all(_bfcl_type_ok(v, alt, item_type, None) for v in value)
+            for alt in alternatives
+        )
+    return type(value) is _bfcl_answer_type(alternatives)
+
+
+def _bfcl_std(v: Any) -> Any:
+    return normalise_string(v) if type(v) is str else v
+
+
+def _bfcl_options(alternatives: Any) -> list[Any]:
+    """Acceptable values, strings normalised (a string is read as its characters, as BFCL does)."""
+    items = list(alternatives) if isinstance(alternatives, list | str) else [alternatives]
+    return [_bfcl_std(a) for a in items]
+
+
+def _bfcl_dict_equal(value: Mapping[str, Any], pattern: Any) -> bool:
+    """One dict against one pattern: top-level strings normalised, everything else ``==``."""
+    if not isinstance(pattern, Mapping):
+        return False
+    for key, v in value.items():
+        if key not in pattern or _bfcl_std(v) not in _bfcl_options(pattern[key]):
+            return False
+    return all(key in value or "" in alts for key, alts in pattern.items())
+
+
+def _bfcl_dict_ok(value: Any, alternatives: Sequence[Any]) -> bool:
+    """BFCL's ``dict_checker``."""
+    if not isinstance(value, Mapping):
+        return False
+    return any(_bfcl_dict_equal(value, alt) for alt in alternatives if alt != "")
+
+
+def _bfcl_list_of_dicts_ok(value: list[Any], alternatives: Sequence[Any]) -> bool:
+    """BFCL's ``list_dict_checker``: dict by dict, in order (``""`` accepts an empty list)."""
+    return any(
+        isinstance(alt, list | str)
+        and len(alt) == len(value)
+        and all(_bfcl_dict_ok(v, [a]) for v, a in zip(value, alt, strict=True))
+        for alt in alternatives
+    )
+
+
+def _bfcl_list_ok(value: list[Any], alternatives: Sequence[Any]) -> bool:
+    """BFCL's ``list_checker``: strings among the items normalised, the rest ``==``."""
+    got = [_bfcl_std(v) for v in value]
+    return any(got == _bfcl_options(alt) for alt in alternatives if isinstance(alt, list | str))
+
+
+def _bfcl_value_problem(
+    value: Any, alternatives: Sequence[Any], schema: Mapping[str, Any] | None, where: str
+) -> str | None:
+    """One argument, as BFCL's ``simple_function_checker`` checks it."""
+    expected = _bfcl_type(schema)
+    items = (schema or {}).get("items")
+    item_type = _bfcl_type(items) if expected is list and isinstance(items, Mapping) else None
+    if expected is float and type(value) is int:
+        value = float(value)  # Python's int → float, at the top level only
+    if not _bfcl_type_ok(value, alternatives, expected, item_type):
+        inner = f" of {item_type.__name__}" if item_type is not None and type(value) is list else ""
+        return (
+            f"wrong type for '{where}': expected {expected.__name__}{inner}, "
+            f"got {type(value).__name__} {_fmt(value)}"
+        )
+    answer_type = _bfcl_answer_type(alternatives)
+    if answer_type is not None and answer_type is not expected:
+        ok = value in alternatives  # a variable: compared exactly
+    elif expected is dict:
+        ok = _bfcl_dict_ok(value, alternatives)
+    elif expected is list and item_type is dict:
+        ok = _bfcl_list_of_dicts_ok(value, alternatives)
+    elif expected is str:
+        ok = normalise_string(value) in [normalise_string(a) for a in alternatives if type(a) is str]
+    elif expected is list:
+        ok = _bfcl_list_ok(value, alternatives)
+    else:
+        ok = value in alternatives
+    if ok:
+        return None
+    shown = ", ".join(_fmt(a) for a in list(alternatives)[:4]) + (", ..." if len(alternatives) > 4 else "")
+    return f"wrong value for '{where}': {_fmt(value)} not among [{shown}]"
+
+
+def _bfcl_call_problem(
+    predicted: Mapping[str, Any], name: str, expected_args: Mapping[str, list[Any]], schema: Mapping[str, Any]
+) -> str | None:
+    """BFCL's ``simple_function_checker``: why one predicted call fails one expected call."""
+    got_name = predicted.get("name")
+    if got_name != name:
+        return f"wrong function: expected '{name}', got '{got_name}'"
+    args = _parse_arguments(predicted.get("arguments"))
+    if not isinstance(args, Mapping):
+        return f"the arguments of '{name}' are not a JSON object: {_fmt(args)}"
+    props: Mapping[str, Any] = schema.get("properties") or {}
+    for key in schema.get("required") or []:
+        if key not in args:
+            return f"missing required argument '{key}' of '{name}'"
+    for key, value in args.items():
+        if key not in props or key not in expected_args:
+            return f"unexpected argument '{key}' of '{name}'"
+        problem = _bfcl_value_problem(value, expected_args[key], props[key], f"{name}.{key}")
+        if problem:
+            return problem
+    for key, alts in expected_args.items():
+        if key not in args and "" not in alts:
+            return f"missing required argument '{key}' of '{name}' (the answer requires it)"
+    return None
+
+
+def _bfcl_match(
+    predicted: Sequence[Mapping[str, Any]],
+    want: Sequence[tuple[str, dict[str, list[Any]]]],
+    schemas: Mapping[str, Mapping[str, Any]],
+) -> MatchResult:
+    """BFCL's ``parallel_function_checker_no_order``: expected calls in order, each taking the
+    first predicted call still free that matches it (greedy; it can miss a valid pairing)."""
+    if len(predicted) != len(want):
+        names = ", ".join(str(p.get("name")) for p in predicted) or "none"
+        return MatchResult(False, f"expected {len(want)} call(s), got {len(predicted)} ({names})")
+    taken: set[int] = set()
+    for name, args in want:
+        schema = schemas.get(name)
+        if schema is None:
+            return MatchResult(False, f"wrong function: no tool '{name}' to check the expected call against")
+        problems: list[tuple[bool, str]] = []  # (same name?, why)
+        for j, call in enumerate(predicted):
+            if j in taken:
+                continue
+            problem = _bfcl_call_problem(call, name, args, schema)
+            if problem is None:
+                taken.add(j)
+                break
+            problems.append((call.get("name") == name, problem))
+        else:
+            same = [why for same_name, why in problems if same_name]
+            return MatchResult(False, (same or [why for _, why in problems])[0])
+    return MatchResult(True)
