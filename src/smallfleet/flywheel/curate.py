@@ -11,14 +11,22 @@ What is dropped, in this order, each counted under its reason:
 ``empty``              neither text nor tool calls
 ``negative_feedback``  a feedback score below ``negative_below`` (default 0: thumbs-down -1, thumbs-up +1)
 ``duplicate``          the same task text and answer, after normalising case and whitespace
-``near_duplicate``     the request's dialogue (the messages but the system prompt) has embedding
-                       cosine similarity >= ``near_duplicate_threshold`` to an earlier kept call
-                       of the same task block (same system prompt, tools and format)
+``near_duplicate``     the request's dialogue (the messages but the system prompt) has cosine
+                       similarity >= ``near_duplicate_threshold`` to an earlier kept call of the
+                       same task block **with the same answer** (same step: system prompt, tools
+                       and format; and the same normalised answer)
 
-Near-duplicates are compared only within a block (a cheap key: system prompt with digits
-masked, tool names, response format name), in chunks with matrix products, so 100k traces
-do not need all pairs. With ``near_duplicates="group"`` they are kept instead, and each
-group goes whole into the split of its earliest member.
+Near-duplicates are judged on the words, not the meaning: each dialogue is a vector of the
+counts of its character 3-grams (within word boundaries, lowercased, digits masked,
+punctuation ignored), so "I lost my card!!" and "i lost my card" are one call, while two
+customers asking the same thing in their own words are two examples worth keeping. No
+corpus statistic (no IDF) enters, so the similarity of two calls does not depend on the rest
+of the traffic, and no neural encoder runs here: curation costs well under a millisecond a
+call. A call whose answer differs is never a duplicate of another, however alike the
+requests: consecutive turns of one conversation look alike but want different answers.
+Within a block, similarities come from sparse matrix products in chunks, so 100k traces do
+not need all pairs. With ``near_duplicates="group"`` near-duplicates are kept instead, and
+each group goes whole into the split of its earliest member.
 
 The split is by time: the oldest ``split[0]`` of the calls train, then validation, and the
 newest calls are the test set, as the newest traffic is what a specialist will meet.
@@ -34,11 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from smallfleet.encoders import embed_cached
-
 if TYPE_CHECKING:
-    import numpy as np
-
     from smallfleet.store.records import TraceRecord
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "dialogue_text",
     "drop_reason",
     "is_refusal",
+    "near_duplicate_vectors",
     "task_text",
 ]
 
@@ -65,6 +70,7 @@ _REFUSAL = re.compile(
 )
 _WS = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d+")
+_PUNCT = re.compile(r"[^\w\s]+")
 
 
 def is_refusal(text: str) -> bool:
@@ -124,18 +130,12 @@ def _content(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _block_key(request: dict[str, Any]) -> str:
-    """What must be equal for two calls to be duplicates at all: the step, not the user's words."""
-    system = " ".join(
-        _content(m.get("content"))
-        for m in request.get("messages", [])
-        if m.get("role") in ("system", "developer")
-    )
-    tools = sorted(str((t.get("function") or {}).get("name")) for t in request.get("tools") or [])
-    fmt = request.get("response_format") or {}
-    fmt_name = (fmt.get("json_schema") or {}).get("name") if isinstance(fmt, dict) else None
-    key = json.dumps([_DIGITS.sub("0", _norm(system)), tools, fmt.get("type"), fmt_name])
-    return hashlib.sha1(key.encode()).hexdigest()
+def _block_key(request: dict[str, Any], answer: str = "") -> str:
+    """What must be equal for two calls to be duplicates at all: the step (the router's static key:
+    system prompt with digits masked, tool names, response format) and the normalised answer."""
+    from smallfleet.routing.matcher import static_key_of_dict
+
+    return hashlib.sha1(f"{static_key_of_dict(request)}\x00{_norm(answer)}".encode()).hexdigest()
 
 
 def _answer_text(msg: dict[str, Any]) -> str:
@@ -238,39 +238,52 @@ class _UnionFind:
             self.parent[max(a, b)] = min(a, b)  # the root is the earliest member
 
 
-def _drop_near(emb: np.ndarray, threshold: float, chunk: int) -> list[bool]:
-    """Keep each row unless it is >= threshold to an earlier kept row (rows in time order)."""
+def near_duplicate_vectors(texts: Sequence[str]) -> Any:
+    """The vectors near-duplicates are judged on: L2-normalised counts (log-scaled) of character 3-grams
+    (within word boundaries, lowercased, digits masked, punctuation ignored), one sparse row per text."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    masked = [_PUNCT.sub(" ", _DIGITS.sub("0", t)) for t in texts]
+    try:
+        return TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True, use_idf=False
+        ).fit_transform(masked)
+    except ValueError:  # no 3-gram at all (every text empty or shorter than a word boundary pair)
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((len(texts), 1), dtype="float64")
+
+
+def _close_pairs(x: Any, threshold: float, chunk: int) -> list[list[int]]:
+    """For each row, the earlier rows at cosine similarity >= threshold (rows L2-normalised, sparse)."""
     import numpy as np
 
-    n = len(emb)
-    keep = np.zeros(n, dtype=bool)
+    n = x.shape[0]
+    earlier: list[list[int]] = [[] for _ in range(n)]
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        block = emb[start:stop]
-        candidate = np.ones(stop - start, dtype=bool)
-        if keep[:start].any():
-            prev = emb[:start][keep[:start]]
-            candidate &= (block @ prev.T).max(axis=1) < threshold
-        sims = block @ block.T
-        for i in np.flatnonzero(candidate):
-            earlier = keep[start : start + i]
-            if not (earlier.any() and (sims[i, :i][earlier] >= threshold).any()):
-                keep[start + i] = True
-    return keep.tolist()
+        sims = (x[start:stop] @ x[:stop].T).tocoo()
+        hit = (sims.data >= threshold) & (sims.col < sims.row + start)
+        for r, c in zip(sims.row[hit].tolist(), np.asarray(sims.col[hit]).tolist(), strict=True):
+            earlier[start + r].append(c)
+    return earlier
 
 
-def _group_near(emb: np.ndarray, threshold: float, chunk: int) -> list[int]:
+def _drop_near(x: Any, threshold: float, chunk: int) -> list[bool]:
+    """Keep each row unless it is >= threshold to an earlier kept row (rows in time order)."""
+    keep: list[bool] = []
+    for before in _close_pairs(x, threshold, chunk):
+        keep.append(not any(keep[j] for j in before))
+    return keep
+
+
+def _group_near(x: Any, threshold: float, chunk: int) -> list[int]:
     """Each row's group: connected components of pairs >= threshold; a group's root is its earliest row."""
-    import numpy as np
-
-    uf = _UnionFind(len(emb))
-    for start in range(0, len(emb), chunk):
-        sims = emb[start : start + chunk] @ emb[: start + chunk].T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            if c < start + r:
-                uf.union(start + r, c)
-    return [uf.find(i) for i in range(len(emb))]
+    uf = _UnionFind(x.shape[0])
+    for i, before in enumerate(_close_pairs(x, threshold, chunk)):
+        for j in before:
+            uf.union(i, j)
+    return [uf.find(i) for i in range(x.shape[0])]
 
 
 # ---------------------------------------------------------------- curate
@@ -286,7 +299,7 @@ def curate(
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
     encoder: str | None = None,
     batch_size: int = 64,
-    chunk: int = 2048,
+    chunk: int = 512,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Curated:
     """Keep the large model's good answers, deduplicated, split by time (test = newest).
@@ -294,7 +307,8 @@ def curate(
     ``feedback`` maps trace ids to a score; below ``negative_below`` the call is
     dropped. ``on_progress(stage, done, total)`` is called as work advances (for
     progress bars). ``near_duplicate_threshold=1.0`` switches near-duplicate
-    detection off (no embedding at all).
+    detection off. ``encoder`` and ``batch_size`` are accepted for compatibility and unused:
+    near-duplicates are judged on the words (:func:`near_duplicate_vectors`).
     """
     if near_duplicates not in ("drop", "group"):
         raise ValueError(f"near_duplicates must be 'drop' or 'group', not {near_duplicates!r}")
@@ -330,10 +344,8 @@ def curate(
     if near_duplicate_threshold < 1.0 and good:
         from smallfleet._extras import require
 
-        require("numpy", "local")  # near-duplicates are found by embedding: the `local` extra
-        group_root = _near_duplicates(
-            good, near_duplicate_threshold, near_duplicates, encoder, batch_size, chunk, report
-        )
+        require("sklearn", "local")  # near-duplicates: scikit-learn's n-gram counts, the `local` extra
+        group_root = _near_duplicates(good, near_duplicate_threshold, near_duplicates, chunk, report)
         if near_duplicates == "drop":
             kept = [r for r, g in zip(good, group_root, strict=True) if g >= 0]
             for r, g in zip(good, group_root, strict=True):
@@ -352,27 +364,20 @@ def _near_duplicates(
     good: list[TraceRecord],
     threshold: float,
     mode: str,
-    encoder: str | None,
-    batch_size: int,
     chunk: int,
     report: Callable[[str, int, int], None],
 ) -> list[int]:
     """Per record (in time order): its group root's index, or -1 when it is dropped (mode "drop")."""
-    done_embedding = 0
-
-    def progress(n: int) -> None:
-        nonlocal done_embedding
-        done_embedding += n
-        report("embed", done_embedding, len(good))
-
-    emb = embed_cached([dialogue_text(r.request or {}) for r in good], encoder, batch_size, progress)
     blocks: dict[str, list[int]] = {}
     for i, r in enumerate(good):
-        blocks.setdefault(_block_key(r.request or {}), []).append(i)
+        blocks.setdefault(_block_key(r.request or {}, _answer_text(_message(r) or {})), []).append(i)
     out = list(range(len(good)))
-    done = 0
-    for idx in blocks.values():
-        sub = emb[idx]
+    todo = [idx for idx in blocks.values() if len(idx) > 1]  # a call alone in its block has no twin
+    x = near_duplicate_vectors([dialogue_text(good[i].request or {}) for idx in todo for i in idx])
+    done = row = 0
+    for idx in todo:
+        sub = x[row : row + len(idx)]
+        row += len(idx)
         if mode == "drop":
             for i, keep in zip(idx, _drop_near(sub, threshold, chunk), strict=True):
                 out[i] = i if keep else -1
