@@ -138,11 +138,12 @@ def test_matcher_serialises(calls: list, fitted: tuple[list, Clustering], tmp_pa
 
 def test_sampled_fit_and_small_data_fallback(calls: list) -> None:
     truth = [c.task_type for c in calls[:1200]]
-    sampled = cluster_records(to_trace_records(calls[:1200]), max_fit=500)
+    # by content alone (the path of traffic without step identity)
+    sampled = cluster_records(to_trace_records(calls[:1200]), max_fit=500, by_step=False)
     assert sampled.method == "hdbscan"
     assert adjusted_rand_score(truth, sampled.labels) >= 0.9
     small = calls[:200]
-    clustering = cluster_records(to_trace_records(small))
+    clustering = cluster_records(to_trace_records(small), by_step=False)
     assert clustering.method == "agglomerative"
     assert adjusted_rand_score([c.task_type for c in small], clustering.labels) >= 0.85
     empty = cluster_records([])
@@ -175,3 +176,32 @@ def test_output_shape() -> None:
     }
     assert output_shape([text('{"x": 1}'), text('{"x": 2, "y": null}')])["keys"] == ["x", "y"]
     assert output_shape([text(f"long answer number {i}\nwith lines") for i in range(5)]) == {"kind": "text"}
+
+
+def test_many_labels_are_labels_not_text() -> None:
+    """A label set as large as the traffic has (here 300 labels) is a label task, not free text."""
+
+    def text(t: str) -> dict:
+        return {"choices": [{"message": {"role": "assistant", "content": t}}]}
+
+    answers = [text(f"intent_{i % 300}") for i in range(900)]
+    shape = output_shape(answers)
+    assert shape["kind"] == "label" and len(shape["labels"]) == 300
+    assert output_shape(answers, max_labels=100) == {"kind": "text"}  # a cap, only when asked for
+    assert output_shape([text(f"intent_{i}") for i in range(900)]) == {"kind": "text"}  # never recurs
+
+
+def test_call_or_reply_steps_are_tool_calling() -> None:
+    """A step that calls a tool on some turns and asks the user first on others is a tool-calling step."""
+
+    def reply(t: str) -> dict:
+        return {"choices": [{"message": {"role": "assistant", "content": t}}]}
+
+    def call(name: str) -> dict:
+        fn = {"name": name, "arguments": "{}"}
+        return {"choices": [{"message": {"role": "assistant", "tool_calls": [{"function": fn}]}}]}
+
+    answers = [call("book") if i % 4 == 0 else reply(f"Which day would you like, {i}?") for i in range(40)]
+    assert output_shape(answers) == {"kind": "tool_call", "tools": ["book"], "replies": 0.75}
+    few = [call("book")] + [reply(f"Hello {i}, how can I help?") for i in range(39)]
+    assert output_shape(few) == {"kind": "text"}  # one call in forty: a chat step that rarely calls

@@ -61,6 +61,30 @@ def test_banking77_one_step_listing_every_intent() -> None:
     _importable(train[:50], banking77.WORKLOAD)
 
 
+def test_banking77_is_one_task_type_and_one_classifier() -> None:
+    """One agent step with 77 labels and widely varied wording: one cluster, a label shape, a classifier."""
+    from smallfleet.flywheel.cluster import cluster_records
+    from smallfleet.flywheel.pipeline import to_example
+    from smallfleet.specialists.catalog import Budget, profile_task, select
+    from smallfleet.store.jsonl import parse_line
+
+    train, _ = banking77.load(DATA / "banking77" / "all-intents")
+    assert len(train) == 308
+    records = [parse_line(p.to_line("b77"), workload=None, raw="") for p in train]
+    clustering = cluster_records(records)
+    assert clustering.noise == 0 and len(clustering.clusters) == 1
+    (info,) = clustering.clusters
+    assert info.size == len(train) and info.shape["kind"] == "label"
+    assert set(info.shape["labels"]) == {p.meta["intent"] for p in train} and len(info.shape["labels"]) == 77
+    assert clustering.method == "steps"
+    examples = [to_example(r) for r in records]
+    profile = profile_task([ex for ex in examples if ex is not None])
+    assert profile.shape == "label" and len(profile.labels or []) == 77
+    assert select(profile, Budget(cpu_only=True))[0].kind == "classifier"
+    # a new request of the step matches it, whatever its words
+    assert clustering.matcher.match(train[0].request) == info.label
+
+
 def test_limits_and_seed() -> None:
     a, b = banking77.load(DATA / "banking77", limit_train=20, limit_test=5, seed=1)
     assert (len(a), len(b)) == (20, 5)

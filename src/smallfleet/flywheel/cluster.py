@@ -12,10 +12,17 @@ cached, so a batch costs about one embedding per request) and the parts are conc
 with weights (default system 1.5, structure 1.0, dialogue 0.7), so that the step dominates
 when there is one and the user's words decide when there is not.
 
-:func:`cluster_records` clusters without a preset number of clusters: HDBSCAN (scikit-learn)
-on up to ``max_fit`` calls, agglomerative clustering with a distance threshold below
-``small_n`` calls; the other calls are assigned by the :class:`ClusterMatcher`. Noise
-points keep the label -1 and stay on the large model.
+:func:`cluster_records` first groups the calls by **agent step**: calls with the same system
+prompt (up to its variables: digits, and a few words that change from call to call such as
+a date), the same tools and the same response format are one task type, however much the
+users' words vary, when the step's answers have one shape (labels, JSON objects, tool calls,
+or tool calls and the text replies of a step that sometimes asks first) and it has at least
+``min_cluster_size`` calls. What carries no such identity (no system prompt, tools or
+format), a step too small, and steps whose answers are free text are clustered by content,
+without a preset number of clusters: HDBSCAN (scikit-learn) on up to ``max_fit`` calls,
+agglomerative clustering with a distance threshold below ``small_n`` calls; the other calls
+are assigned by the :class:`ClusterMatcher`. Noise points keep the label -1 and stay on the
+large model.
 
 :class:`ClusterMatcher` recognises a new request's cluster: the most similar centroid whose
 calibrated threshold it reaches, whose tool set and response format the cluster has seen.
@@ -36,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from smallfleet.encoders import embed_cached, embed_one
 from smallfleet.flywheel.curate import dialogue_text
+from smallfleet.specialists.catalog import CALL_SHARE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +63,7 @@ __all__ = [
     "cluster_records",
     "output_shape",
     "signature",
+    "step_key",
     "task_signature",
 ]
 
@@ -92,12 +101,19 @@ def _as_dict(request: Mapping[str, Any] | ChatRequest) -> Mapping[str, Any]:
     return request if isinstance(request, Mapping) else request.to_dict()
 
 
+@functools.lru_cache(maxsize=1024)
+def _mask(system: str) -> str:
+    """A system prompt with digits masked and whitespace collapsed (cached: an agent has few)."""
+    return _WS.sub(" ", _DIGITS.sub("0", system)).strip()[:2000]
+
+
 def signature(request: Mapping[str, Any] | ChatRequest) -> Signature:
     """The :class:`Signature` of an OpenAI request (a dict or a :class:`ChatRequest`)."""
     req = _as_dict(request)
     msgs = req.get("messages") or []
-    system = " ".join(_content(m.get("content")) for m in msgs if m.get("role") in ("system", "developer"))
-    system = _WS.sub(" ", _DIGITS.sub("0", system)).strip()[:2000]
+    system = _mask(
+        " ".join(_content(m.get("content")) for m in msgs if m.get("role") in ("system", "developer"))
+    )
     tools = []
     described = []
     for t in req.get("tools") or []:
@@ -196,16 +212,25 @@ class SignatureEncoder:
 # ---------------------------------------------------------------- output shape
 
 
-def output_shape(responses: Sequence[Mapping[str, Any] | None], max_labels: int = 30) -> dict[str, Any]:
+def output_shape(
+    responses: Sequence[Mapping[str, Any] | None], max_labels: int | None = None
+) -> dict[str, Any]:
     """The shape of a cluster's answers: ``tool_call`` (tools called), ``json`` (keys), ``label`` (the
-    label set, when a few short strings cover every answer) or ``text``.
+    label set) or ``text``.
+
+    * ``tool_call`` when at least 10% of the answers call a tool: the others are the text
+      replies of a step that sometimes needs more from the user first (``replies`` gives
+      their share), and the specialist learns when to call from both;
+    * ``label`` when the answers are short one-line strings that recur (on average each
+      seen at least twice): as many labels as the traffic has, unless ``max_labels`` caps it;
+    * ``json`` when nine in ten answers are JSON objects.
 
     A local minimal profile; the catalog's ``profile_task`` gives the full one (schema, arguments).
     """
     texts: list[str] = []
     tools: Counter[str] = Counter()
     keys: Counter[str] = Counter()
-    n_json = 0
+    n_json = n_calls = 0
     for resp in responses:
         choices = (resp or {}).get("choices") or [{}]
         msg = choices[0].get("message") or {}
@@ -213,6 +238,7 @@ def output_shape(responses: Sequence[Mapping[str, Any] | None], max_labels: int 
         for c in calls:
             tools[str((c.get("function") or {}).get("name"))] += 1
         if calls:
+            n_calls += 1
             continue
         text = _content(msg.get("content")).strip()
         texts.append(text)
@@ -225,15 +251,73 @@ def output_shape(responses: Sequence[Mapping[str, Any] | None], max_labels: int 
                 n_json += 1
                 keys.update(obj.keys())
     n = len(responses) or 1
-    if tools and sum(tools.values()) >= n / 2:
-        return {"kind": "tool_call", "tools": [t for t, _ in tools.most_common()]}
+    if tools and n_calls >= CALL_SHARE * n:
+        shape: dict[str, Any] = {"kind": "tool_call", "tools": [t for t, _ in tools.most_common()]}
+        if texts:
+            shape["replies"] = round(len(texts) / n, 4)
+        return shape
     if texts and n_json >= len(texts) * 0.9:
         return {"kind": "json", "keys": sorted(keys)}
     distinct = Counter(texts)
-    short = all(len(t) <= 40 and "\n" not in t for t in distinct)
-    if texts and short and len(distinct) <= max_labels and (len(distinct) < len(texts) / 2 or len(texts) < 4):
+    short = all(t and len(t) <= 80 and "\n" not in t for t in distinct)
+    capped = max_labels is not None and len(distinct) > max_labels
+    if texts and short and not capped and (len(distinct) * 2 <= len(texts) or len(texts) < 4):
         return {"kind": "label", "labels": sorted(distinct)}
     return {"kind": "text"}
+
+
+# ---------------------------------------------------------------- agent steps
+
+
+def step_key(request: Mapping[str, Any] | ChatRequest) -> str:
+    """What an agent step sends every time: the router's static key (system prompt with digits
+    masked, tool names, response format)."""
+    from smallfleet.routing.matcher import static_key_of_dict
+
+    return static_key_of_dict(dict(_as_dict(request)))
+
+
+def _words(text: str) -> list[str]:
+    return _WS.split(text.strip())
+
+
+def _same_template(a: list[str], b: list[str]) -> bool:
+    """Whether two system prompts are one template with different variables: equal but for a
+    few short runs of words (a date, a name), at least 90% of the words in common."""
+    import difflib
+
+    if abs(len(a) - len(b)) > max(3, len(a) // 10):
+        return False
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    changed = [op for op in sm.get_opcodes() if op[0] != "equal"]
+    if any(max(i2 - i1, j2 - j1) > 3 for _, i1, i2, j1, j2 in changed):
+        return False
+    same = sum(i2 - i1 for tag, i1, i2, _, _ in sm.get_opcodes() if tag == "equal")
+    return same >= 0.9 * max(len(a), len(b))
+
+
+def _step_groups(sigs: Sequence[Signature], keys: Sequence[str], max_templates: int = 2000) -> list[int]:
+    """Each call's step: calls whose static keys differ only in the system prompt's variables
+    (same tools and format, prompts of one template) share a step. -1: no step identity."""
+    step_of_key: dict[str, int] = {}
+    templates: dict[tuple[tuple[str, ...], str, str], list[tuple[list[str], int]]] = {}
+    out = []
+    for sig, key in zip(sigs, keys, strict=True):
+        if not (sig.system or sig.tools or sig.format.startswith("json")):
+            out.append(-1)
+            continue
+        step = step_of_key.get(key)
+        if step is None:
+            words = _words(sig.system)
+            same = templates.setdefault((sig.tools, sig.format, sig.structure), [])
+            step = next((k for w, k in same if _same_template(w, words)), None)
+            if step is None:
+                step = len(step_of_key)
+                if len(same) < max_templates:
+                    same.append((words, step))
+            step_of_key[key] = step
+        out.append(step)
+    return out
 
 
 # ---------------------------------------------------------------- the matcher
@@ -592,13 +676,18 @@ def cluster_records(
     quantile: float = 0.01,
     margin: float = 0.02,
     seed: int = 0,
+    by_step: bool = True,
+    step_sample: int = 64,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Clustering:
     """Find the task types in ``records`` and describe each; see the module docstring.
 
-    ``min_cluster_size`` defaults to 1% of the calls (at least 5, at most 50). Above
-    ``max_fit`` calls, a seeded sample is clustered and the rest assigned by the matcher.
-    Labels are numbered by size, largest first.
+    ``min_cluster_size`` defaults to 1% of the calls (at least 5, at most 50). With
+    ``by_step`` (the default) agent steps are task types first; the rest is clustered by
+    content. Above ``max_fit`` calls, a seeded sample is clustered and the rest assigned by
+    the matcher. A step's centroid is calibrated on ``step_sample`` of its calls (its members
+    are known; the centroid serves requests whose static key is new, e.g. a new date in the
+    prompt). Labels are numbered by size, largest first.
     """
     from smallfleet._extras import require
 
@@ -608,43 +697,91 @@ def cluster_records(
     report = on_progress or (lambda stage, done, total: None)
     n = len(records)
     mcs = min_cluster_size or max(5, min(50, round(0.01 * n)))
+    rng = np.random.default_rng(seed)
     sigs = [signature(r.request or {}) for r in records]
+
+    # 1. agent steps with one answer shape are task types as they stand
+    step_members: list[list[int]] = []
+    if by_step:
+        steps = _step_groups(sigs, [step_key(r.request or {}) for r in records])
+        by: dict[int, list[int]] = {}
+        for i, st in enumerate(steps):
+            if st >= 0:
+                by.setdefault(st, []).append(i)
+        step_members = [
+            idx
+            for idx in by.values()
+            if len(idx) >= mcs and output_shape([records[i].response for i in idx])["kind"] != "text"
+        ]
+    in_step = np.zeros(n, dtype=bool)
+    for idx in step_members:
+        in_step[idx] = True
+    pool = np.flatnonzero(~in_step)
+
+    # 2. embed what needs it: a sample of each step, and the rest (clustered by content)
+    samples = [
+        np.sort(rng.choice(idx, size=step_sample, replace=False)) if len(idx) > step_sample else np.array(idx)
+        for idx in step_members
+    ]
+    pool_fit = pool
+    if pool.size > max_fit:
+        pool_fit = np.sort(rng.choice(pool, size=max_fit, replace=False))
+    need = np.unique(np.concatenate([*samples, pool])).astype(int) if n else np.zeros(0, dtype=int)
     enc = SignatureEncoder(encoder, weights)
     done = 0
 
     def progress(k: int) -> None:
         nonlocal done
         done += k
-        report("embed", done, n)
+        report("embed", done, len(need))
 
-    x = enc.encode(sigs, on_batch=progress)
-    report("embed", n, n)
-    fit = np.arange(n)
-    if n > max_fit:
-        fit = np.sort(np.random.default_rng(seed).choice(n, size=max_fit, replace=False))
-    fit_labels, method = _fit_labels(x[fit], mcs, small_n, distance_threshold)
+    x_need = enc.encode([sigs[i] for i in need.tolist()], on_batch=progress)
+    row = {int(i): j for j, i in enumerate(need.tolist())}
+    report("embed", len(need), len(need))
+
+    def rows(idx: Any) -> Any:
+        return x_need[[row[int(i)] for i in idx]] if len(idx) else np.zeros((0, x_need.shape[1]), np.float32)
+
+    # 3. cluster the rest by content; steps first, then content clusters, numbered by size
+    content_labels, method = _fit_labels(rows(pool_fit), mcs, small_n, distance_threshold)
+    method = method if pool.size else "steps"
+    if step_members:
+        method = f"steps+{method}" if pool.size else "steps"
     report("cluster", 1, 1)
-
-    # number the clusters by size, largest first
-    sizes = Counter(k for k in fit_labels.tolist() if k >= 0)
+    n_steps = len(step_members)
+    fit = np.concatenate([*samples, pool_fit]).astype(int) if n else np.zeros(0, dtype=int)
+    raw = (
+        np.concatenate(
+            [
+                *(np.full(len(smp), k) for k, smp in enumerate(samples)),
+                np.where(content_labels >= 0, content_labels + n_steps, -1),
+            ]
+        ).astype(int)
+        if n
+        else np.zeros(0, dtype=int)
+    )
+    sizes = Counter({k: len(idx) for k, idx in enumerate(step_members)})
+    sizes.update(k for k in raw[len(fit) - len(pool_fit) :].tolist() if k >= 0)
     renumber = {k: i for i, (k, _) in enumerate(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])))}
-    fit_labels = np.array([renumber.get(k, -1) for k in fit_labels.tolist()])
-    centroids, thresholds = _calibrate(x[fit], fit_labels, quantile, margin)
+    fit_labels = np.array([renumber.get(k, -1) for k in raw.tolist()], dtype=int)
+    centroids, thresholds = _calibrate(rows(fit), fit_labels, quantile, margin)
 
+    labels = np.full(n, -1)
+    for k, idx in enumerate(step_members):
+        labels[idx] = renumber[k]
+    labels[pool_fit] = fit_labels[len(fit) - len(pool_fit) :]
     entries = []
     for k in range(len(renumber)):
-        members = [sigs[i] for i, lab in zip(fit.tolist(), fit_labels.tolist(), strict=True) if lab == k]
+        members = [sigs[i] for i in np.flatnonzero(labels == k).tolist()]
         tool_sets = sorted({m.tools for m in members})
         entries.append(
             _Entry(k, "", thresholds[k], [list(t) for t in tool_sets], sorted({m.format for m in members}))
         )
     matcher = ClusterMatcher(entries, centroids, encoder, enc.weights)
 
-    labels = np.full(n, -1)
-    labels[fit] = fit_labels
-    rest = np.setdiff1d(np.arange(n), fit)
+    rest = np.setdiff1d(pool, pool_fit)
     if rest.size:
-        assigned = matcher.match_many(x[rest], [sigs[i] for i in rest.tolist()])
+        assigned = matcher.match_many(rows(rest), [sigs[i] for i in rest.tolist()])
         labels[rest] = [-1 if a is None else a for a in assigned]
 
     clusters = _describe(records, sigs, labels, entries)

@@ -215,12 +215,14 @@ def _label(text: str) -> str:
     return label_of(ChatResponse.of_text("t", text))
 
 
-def profile_task(examples: Sequence[Example], max_labels: int = 50) -> TaskProfile:
+def profile_task(examples: Sequence[Example], max_labels: int | None = None) -> TaskProfile:
     """Infer the output shape from the teacher's responses.
 
-    * mostly tool calls → ``tool_call`` (tool names as called);
-    * a small set of distinct short strings, each seen several times (also
-      ``{"intent": "x"}``-style one-field JSON) → ``label``;
+    * tool calls in at least one answer in ten → ``tool_call`` (tool names as called; the
+      other answers are the text replies of a step that asks before it calls);
+    * short strings (on average at most 8 words) that recur, each seen at least twice on
+      average (also ``{"intent": "x"}``-style one-field JSON) → ``label``, with as many
+      labels as the answers hold (``max_labels`` caps them only when given);
     * JSON objects → ``json`` with :func:`infer_schema`;
     * anything else → ``text``.
     """
@@ -233,14 +235,15 @@ def profile_task(examples: Sequence[Example], max_labels: int = 50) -> TaskProfi
     if n == 0:
         return TaskProfile(shape="text", **base)
     calls = [ex.response.message.tool_calls for ex in examples]
-    if sum(1 for c in calls if c) * 2 >= n:
+    if sum(1 for c in calls if c) >= CALL_SHARE * n:
         names = Counter(tc.function.name for c in calls for tc in c or [])
         return TaskProfile(shape="tool_call", tool_names=sorted(names), **base)
     texts = [(ex.response.message.content or "").strip() for ex in examples]
     labels = [_label(t) for t in texts]
     counts = Counter(labels)
     short = sum(len(lb.split()) for lb in labels) / n <= 8
-    if short and len(counts) <= max_labels and len(counts) * 2 <= n and "" not in counts:
+    capped = max_labels is not None and len(counts) > max_labels
+    if short and not capped and len(counts) * 2 <= n and "" not in counts:
         return TaskProfile(
             shape="label", labels=sorted(counts), label_counts=dict(counts.most_common()), **base
         )
@@ -257,6 +260,9 @@ def profile_task(examples: Sequence[Example], max_labels: int = 50) -> TaskProfi
         return TaskProfile(shape="json", json_schema=infer_schema(objects), **base)
     return TaskProfile(shape="text", **base)
 
+
+#: A task whose answers call a tool at least this often is tool calling (it replies in text otherwise).
+CALL_SHARE = 0.1
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")

@@ -91,7 +91,7 @@ class Classifier(Specialist):
         batch_size: int = 32,
         lr: float = 1e-4,
         head_lr: float = 1e-3,
-        max_labels: int = 100,
+        max_labels: int = 2000,
         dtype: str = "auto",
         seed: int = 0,
         progress: bool = True,
