@@ -70,3 +70,15 @@ def test_calibrated_synthetic_threshold_generalises() -> None:
     test_conf, test_ok = draw(4000)
     kept = [o for c, o in zip(test_conf, test_ok, strict=True) if c >= t]
     assert sum(kept) / len(kept) > 0.88
+
+
+def test_threshold_for_with_confidence_asks_the_lower_bound_to_reach_the_target() -> None:
+    # 100 answers; the 60 most confident are all right, then one in five is wrong
+    conf = [1 - i / 100 for i in range(100)]
+    ok = [i < 60 or i % 5 != 0 for i in range(100)]
+    point = threshold_for(conf, ok, 0.95)
+    bounded = threshold_for(conf, ok, 0.95, confidence=0.95)
+    assert point is not None and bounded is not None
+    assert bounded > point  # the bound asks for more: less coverage at the same target
+    assert bounded == pytest.approx(0.41)  # 60/60 reaches 95% at 95%; 60/61 and after do not
+    assert threshold_for(conf, ok, 0.99, confidence=0.95) is None  # 299 answers, all right, for 99%

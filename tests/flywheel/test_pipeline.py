@@ -22,6 +22,10 @@ from smallfleet.types import ChatRequest, ChatResponse
 ROUTINE = {"intent", "lookup_order"}
 OPEN_ENDED = {"troubleshoot"}
 TARGET = 0.8  # small data in a test; the demo and the defaults use 0.95
+# A task type here has 18 to 45 validation and test answers: at 95% confidence (the default)
+# none could promise 80% (test_promises.py checks that refusal); a bound at 50% confidence,
+# about the point estimate, lets these tests follow a route from promotion on.
+CONFIDENCE = 0.5
 FAST = {"classifier": {"epochs": 4}, "tool_caller": {"epochs": 2}, "extractor": {"epochs": 2}}
 
 
@@ -33,6 +37,7 @@ def _options(tmp: Path, **kw: Any) -> FlywheelOptions:
     base: dict[str, Any] = {
         "min_examples": 40,
         "target_accuracy": TARGET,
+        "confidence": CONFIDENCE,
         "specialists_dir": str(tmp / "specialists"),
         "promote_mode": "on",
         "progress": False,

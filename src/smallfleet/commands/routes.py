@@ -2,20 +2,100 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import typer
 
 from smallfleet.commands._common import console, settings
+
+if TYPE_CHECKING:
+    from smallfleet.routing.routes import Route, RouteStore
 
 routes_app = typer.Typer(
     help="Inspect and change the routes that send task types to specialists.", no_args_is_help=True
 )
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> RouteStore:
     from smallfleet.routing.routes import RouteStore
     from smallfleet.store.trace_store import TraceStore
 
     return RouteStore(TraceStore(settings().store.url).engine)
+
+
+@dataclass(frozen=True)
+class _Promise:
+    """What a route promised at promotion: at least ``lower`` (``point`` measured on ``kept``)."""
+
+    lower: float
+    point: float
+    kept: int
+    confidence: float
+
+
+def _promise(route: Route) -> _Promise | None:
+    """``route``'s promise; None when it has no test figures.
+
+    Routes promoted before promises were stored get the bound recomputed from their test
+    figures, at 95% confidence.
+    """
+    from smallfleet.evals.coverage import clopper_pearson_lower
+
+    m = route.metrics or {}
+    point, confidence = m.get("kept_accuracy"), float(m.get("confidence") or 0.95)
+    if point is None:
+        return None
+    kept = m.get("kept")
+    if kept is None:
+        kept = round((m.get("coverage") or 0.0) * (m.get("n") or 0))
+    right = m.get("kept_correct")
+    if right is None:
+        right = round(point * kept)
+    lower = m.get("kept_accuracy_lower")
+    if lower is None and kept:
+        lower = clopper_pearson_lower(int(right), int(kept), confidence)
+    return _Promise(float(lower or 0.0), float(point), int(kept), confidence)
+
+
+def _delivered(store: RouteStore, route: Route) -> tuple[int, int]:
+    """(agreed, checked): the gateway's checks of ``route``'s version since its promotion.
+
+    Guard checks (answers served small, also sent to the large model) and shadow checks
+    the specialist was confident enough to have served: its kept answers on live traffic.
+    """
+    import sqlalchemy as sa
+
+    from smallfleet.store.fleet_tables import route_checks as rc
+
+    agreed = sa.func.coalesce(sa.func.sum(sa.case((rc.c.agree.is_(True), 1), else_=0)), 0)
+    q = sa.select(sa.func.count(), agreed).where(
+        rc.c.route == route.name,
+        rc.c.version == route.version,
+        sa.or_(rc.c.confidence.is_(None), rc.c.confidence >= route.threshold),
+    )
+    with store.engine.connect() as conn:
+        n, k = conn.execute(q).one()
+    return int(k), int(n)
+
+
+def _promised_text(promise: _Promise | None) -> str:
+    return "-" if promise is None else f"≥{promise.lower:.1%} ({promise.point:.1%} of {promise.kept})"
+
+
+def _delivered_text(promise: _Promise | None, agreed: int, checked: int) -> str:
+    """Delivered agreement with its interval, flagged where even its upper bound is below the promise."""
+    from smallfleet.evals.coverage import clopper_pearson_lower, clopper_pearson_upper
+
+    if not checked:
+        return "-"
+    confidence = promise.confidence if promise else 0.95
+    lo = clopper_pearson_lower(agreed, checked, confidence)
+    hi = clopper_pearson_upper(agreed, checked, confidence)
+    text = f"{agreed / checked:.1%} of {checked} ({lo:.1%}-{hi:.1%})"
+    if promise is not None and hi < promise.lower:
+        text += " [red]below the promise[/]"
+    return text
 
 
 def _when(t: float) -> str:
@@ -28,7 +108,13 @@ def _when(t: float) -> str:
 def list_routes(
     all_versions: bool = typer.Option(False, "--all", help="Show every version, not only the active."),
 ) -> None:
-    """The active route of every task type: mode, specialist, threshold, test figures."""
+    """The active route of every task type: mode, specialist, threshold, promised and delivered.
+
+    Promised: the kept answers' accuracy on the test split, as the lower bound at the
+    flywheel's confidence (the point estimate and the kept count in brackets). Delivered:
+    agreement with the large model in the gateway's guard and confident shadow checks
+    of that version, with its interval; "below the promise" where even its upper bound is.
+    """
     from rich.table import Table
 
     store = _store()
@@ -43,22 +129,24 @@ def list_routes(
         "mode",
         "kind",
         "threshold",
-        "kept accuracy",
+        "promised",
+        "delivered",
         "coverage",
         "workload",
         "created",
     ):
         table.add_column(col)
     for r in rows:
-        m = r.metrics or {}
-        acc, cov = m.get("kept_accuracy"), m.get("coverage")
+        cov = (r.metrics or {}).get("coverage")
+        promise = _promise(r)
         table.add_row(
             r.name,
             str(r.version) + ("" if r.active else " (inactive)"),
             r.mode,
             r.kind,
             f"{r.threshold:.3f}",
-            "-" if acc is None else f"{acc:.1%}",
+            _promised_text(promise),
+            _delivered_text(promise, *_delivered(store, r)),
             "-" if cov is None else f"{cov:.1%}",
             r.workload or "*",
             _when(r.created_at),
@@ -74,7 +162,13 @@ def list_routes(
 
 @routes_app.command("show")
 def show(name: str = typer.Argument(help="Route name.")) -> None:
-    """One route: its versions and its history of events."""
+    """One route: what it promised and delivers, its versions and its history of events.
+
+    Promised: at least the lower bound of its kept held-out answers' accuracy, with the
+    flywheel's confidence (and the point estimate). Delivered: agreement with the large
+    model in the gateway's guard checks and confident shadow checks since this version
+    was promoted, with its interval, flagged where even its upper bound is below the promise.
+    """
     import json
 
     store = _store()
@@ -84,6 +178,22 @@ def show(name: str = typer.Argument(help="Route name.")) -> None:
         f"threshold={route.threshold:.3f}"
     )
     console().print(f"specialist: {route.specialist_path}")
+    promise = _promise(route)
+    if promise is None:
+        console().print("promised: - (no test figures)")
+    else:
+        console().print(
+            f"promised: at least {promise.lower:.1%} with {promise.confidence:.0%} confidence "
+            f"(point estimate {promise.point:.1%} on {promise.kept} kept held-out answers)"
+        )
+    agreed, checked = _delivered(store, route)
+    if checked:
+        console().print(
+            f"delivered since v{route.version}: {_delivered_text(promise, agreed, checked)} "
+            "(agreement with the large model in guard checks and confident shadow checks)"
+        )
+    else:
+        console().print(f"delivered: not measured yet (no guard or shadow checks of v{route.version})")
     if route.metrics:
         console().print("metrics: " + json.dumps(route.metrics, sort_keys=True, default=str)[:2000])
     console().print("\n[bold]versions[/]")

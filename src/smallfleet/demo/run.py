@@ -75,6 +75,7 @@ def run_demo(
     seed: int = 0,
     target_accuracy: float = 0.95,
     min_examples: int | None = None,
+    confidence: float = 0.95,
     usd_per_hour: float = 0.10,
     progress: bool = True,
     max_train: int = 1500,
@@ -112,6 +113,7 @@ def run_demo(
     opts = FlywheelOptions(
         target_accuracy=target_accuracy,
         min_examples=min_examples if min_examples is not None else max(30, calls // 100),
+        confidence=confidence,
         promote_mode="on",
         specialists_dir=str(work / "specialists"),
         usd_per_hour=usd_per_hour,

@@ -8,6 +8,16 @@ the large model.
 
 Ties in confidence are kept or dropped together (a threshold cannot split
 them), so the curve has one point per distinct confidence.
+
+A point estimate on a few dozen answers promises more than it delivers, so a threshold
+can be chosen on a statistical bound instead: :func:`clopper_pearson_lower` is the
+exact one-sided lower bound on a share (``k`` right of ``n``) at a confidence level,
+and ``threshold_for(..., confidence=0.95)`` keeps only thresholds whose kept answers'
+lower bound reaches the target. The bound of a threshold picked that way is optimistic
+on the data that picked it (the best of many tries); :func:`certified_threshold` scans
+the thresholds as a fixed sequence instead (stopping at the first failure), which makes
+the chosen threshold's bound hold with no correction, on the same answers that chose
+it: the flywheel's way.
 """
 
 from __future__ import annotations
@@ -20,8 +30,12 @@ from typing import Any
 __all__ = [
     "CoveragePoint",
     "accuracy_at_coverage",
+    "certified_threshold",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
     "coverage_at_accuracy",
     "coverage_curve",
+    "min_answers",
     "threshold_for",
 ]
 
@@ -63,16 +77,67 @@ def coverage_curve(confidences: Sequence[float], correct: Sequence[bool]) -> lis
 
 
 def threshold_for(
-    confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float, min_kept: int = 1
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    target_accuracy: float,
+    min_kept: int = 1,
+    confidence: float | None = None,
 ) -> float | None:
     """The lowest threshold whose kept answers reach ``target_accuracy`` (at least ``min_kept`` of them).
+
+    With ``confidence`` (say 0.95), the kept answers must reach the target with that
+    confidence: the one-sided Clopper–Pearson lower bound on their accuracy, not the
+    accuracy itself, must reach it. No correction is made for scanning many thresholds,
+    so the chosen threshold's bound on these answers is optimistic; check it on held-out
+    answers with :func:`clopper_pearson_lower` (one test of one fixed threshold, exact).
 
     Picked on validation data; ``None`` when no threshold reaches the target.
     """
     best: float | None = None
     for p in coverage_curve(confidences, correct):
-        if p.kept >= min_kept and p.accuracy >= target_accuracy - 1e-12:
+        if p.kept < min_kept or p.accuracy < target_accuracy - 1e-12:
+            continue  # the bound is below the accuracy: no need to compute it
+        right = round(p.accuracy * p.kept)
+        if confidence is None or _bound_reaches(right, p.kept, target_accuracy, confidence):
             best = p.threshold  # points go down in threshold, so the last one that passes is lowest
+    return best
+
+
+def certified_threshold(
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    target_accuracy: float,
+    confidence: float = 0.95,
+    steps: int = 50,
+    first: float = 0.1,
+) -> float | None:
+    """The lowest threshold whose kept answers reach ``target_accuracy`` with ``confidence``,
+    by fixed-sequence testing (Learn then Test): thresholds are tested from the highest
+    down, each by its kept answers' one-sided Clopper–Pearson lower bound, and the scan
+    stops at the first that fails. Every threshold passed, the last one included, then
+    reaches the target with ``confidence`` jointly, with no correction for the scan, so the
+    same answers both choose the threshold and certify it.
+
+    The thresholds tested start at ``first`` coverage and go on one per ``1 / steps`` of
+    coverage (so a single unlucky answer among the most confident few does not end the
+    scan), none keeping fewer answers than any bound needs (:func:`min_answers`). They
+    depend on the confidences only, never on which answers are right, so the guarantee
+    holds given the confidences. ``None`` when even the first threshold tested fails.
+    """
+    _check(confidences, correct)
+    need = min_answers(target_accuracy, confidence)
+    if need is None:
+        return None
+    step = max(need, math.ceil(len(confidences) / steps))
+    mark = max(need, math.ceil(len(confidences) * first))
+    best: float | None = None
+    for p in coverage_curve(confidences, correct):
+        if p.kept < mark:
+            continue
+        mark = (p.kept // step + 1) * step
+        if not _bound_reaches(round(p.accuracy * p.kept), p.kept, target_accuracy, confidence):
+            break
+        best = p.threshold
     return best
 
 
@@ -99,3 +164,106 @@ def coverage_at_accuracy(
         if p.kept >= min_kept and p.accuracy >= target_accuracy - 1e-12
     ]
     return max(passing, default=0.0)
+
+
+# ---------------------------------------------------------------- bounds on a share
+
+
+def clopper_pearson_lower(k: int, n: int, confidence: float = 0.95) -> float:
+    """The one-sided Clopper–Pearson lower bound on a share with ``k`` successes in ``n`` trials.
+
+    The true share is at least this with probability ``confidence`` (exact, never
+    below the nominal level): the ``1 - confidence`` quantile of Beta(k, n - k + 1).
+    0.0 when ``k`` is 0 (or ``n`` is).
+    """
+    _check_counts(k, n, confidence)
+    if k == 0:
+        return 0.0
+    alpha = 1.0 - confidence
+    if k == n:
+        return alpha ** (1.0 / n)  # closed form: P(all n right | p) = p**n
+    lo, hi = 0.0, 1.0
+    for _ in range(80):  # bisection: P(X >= k | p) grows with p
+        mid = (lo + hi) / 2
+        if _binom_sf(k, n, mid) > alpha:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
+    """The one-sided Clopper–Pearson upper bound on a share, ``k`` right of ``n`` (1.0 for n = 0)."""
+    _check_counts(k, n, confidence)
+    return 1.0 - clopper_pearson_lower(n - k, n, confidence)
+
+
+def min_answers(target_accuracy: float, confidence: float = 0.95) -> int | None:
+    """The fewest answers whose lower bound can reach ``target_accuracy``, all of them right.
+
+    With fewer, no threshold can be promised at that confidence, whatever the model does
+    (59 answers for 95% at 95% confidence). ``None`` for a target of 1: no finite sample
+    promises perfection.
+    """
+    if target_accuracy >= 1.0:
+        return None
+    if target_accuracy <= 0.0:
+        return 1
+    n = max(1, math.ceil(math.log(1.0 - confidence) / math.log(target_accuracy)))
+    while (1.0 - confidence) ** (1.0 / n) < target_accuracy:  # float rounding at the boundary
+        n += 1
+    return n
+
+
+def _check_counts(k: int, n: int, confidence: float) -> None:
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _bound_reaches(k: int, n: int, target: float, confidence: float) -> bool:
+    """Whether ``clopper_pearson_lower(k, n, confidence) >= target``, from one tail probability."""
+    if k == 0:
+        return target <= 0.0
+    return _binom_sf(k, n, target) <= 1.0 - confidence
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), 1 <= k <= n: the regularized incomplete beta I_p(k, n - k + 1)."""
+    return _betainc(float(k), float(n - k + 1), p)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, Numerical Recipes 6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of I_x(a, b), by the modified Lentz method."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
