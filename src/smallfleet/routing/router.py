@@ -8,8 +8,10 @@ For each routable request:
    off the hot path so agreement can be recorded; ``canary:P`` → a fraction P goes on;
    ``on`` → on;
 3. ask the specialist; serve its answer only if its confidence reaches the route's
-   threshold **and** the answer validates (:mod:`smallfleet.routing.validate`);
-   otherwise escalate, saying why (``low_confidence``, ``invalid_output: …``,
+   threshold **and** the answer validates (:mod:`smallfleet.routing.validate`)
+   **and** the request is like the route's training traffic with that answer (the route's
+   :class:`~smallfleet.routing.novelty.NoveltyGate`, when it has one and ``novelty`` is on);
+   otherwise escalate, saying why (``low_confidence``, ``invalid_output: …``, ``novel``,
    ``specialist_error``).
 
 :class:`Router` holds no connections: the gateway and the demo call :meth:`Router.decide`
@@ -37,6 +39,7 @@ from smallfleet.routing.routes import Route, RouteStore, parse_mode
 from smallfleet.routing.validate import check_response
 
 if TYPE_CHECKING:
+    from smallfleet.routing.novelty import NoveltyGate
     from smallfleet.specialists.base import Prediction, Specialist
     from smallfleet.types import ChatRequest, ChatResponse
 
@@ -118,6 +121,9 @@ class Decision:
     match_ms: float = 0.0
     specialist_ms: float = 0.0
     validate_ms: float = 0.0
+    #: the novelty gate's score (similarity to the training traffic with that answer), when asked
+    novelty: float | None = None
+    novelty_ms: float = 0.0
 
     @property
     def response(self) -> ChatResponse | None:
@@ -151,8 +157,12 @@ class Router:
         encoder: str | None = None,
         seed: int | None = None,
         max_batch: int = 32,
+        novelty: bool = True,
     ) -> None:
         self.workloads = list(workloads)
+        #: whether routes' novelty gates are applied (off: served on confidence and validity alone)
+        self.novelty = novelty
+        self._gates: dict[str, NoveltyGate] = {}
         self.aliases = list(aliases)
         self.encoder = encoder
         self._rng = random.Random(seed)
@@ -226,6 +236,21 @@ class Router:
                     self._specialists[path] = spec
         return spec
 
+    def gate(self, route: Route) -> NoveltyGate | None:
+        """The route's novelty gate (loaded once), or None: the route has none, or ``novelty`` is off."""
+        info = (route.metrics or {}).get("novelty")
+        if not self.novelty or not info:
+            return None
+        from pathlib import Path
+
+        from smallfleet.routing.novelty import NoveltyGate
+
+        path = str(Path(route.specialist_path) / info.get("file", "novelty.npz"))
+        gate = self._gates.get(path)
+        if gate is None:
+            gate = self._gates[path] = NoveltyGate.load(path)  # a racing thread loads it too: harmless
+        return gate
+
     def predict(self, route: Route, request: ChatRequest) -> Prediction:
         """The route's specialist's answer; batched with other threads' requests to it (``max_batch``)."""
         spec = self.specialist(route)
@@ -282,8 +307,28 @@ class Router:
         if problem is not None:
             decision.reason = f"invalid_output: {problem}"
             return decision
+        if not self._familiar(route, request, decision):
+            return decision
         decision.action = "small"
         return decision
+
+    def _familiar(self, route: Route, request: ChatRequest, decision: Decision) -> bool:
+        """Whether the route's novelty gate (if any) lets the answer be served; sets the reason if not."""
+        t = time.perf_counter()
+        try:
+            gate = self.gate(route)
+            if gate is None:
+                return True
+            assert decision.prediction is not None
+            novel, decision.novelty = gate.check(request, decision.prediction.response)
+        except Exception as e:
+            log.warning("novelty gate of route %s failed: %s", route.name, e)
+            decision.reason = "specialist_error"
+            return False
+        decision.novelty_ms = (time.perf_counter() - t) * 1000
+        if novel:
+            decision.reason = "novel"
+        return not novel
 
     def agree(self, request: ChatRequest, small: ChatResponse, large: ChatResponse) -> bool:
         """Whether the specialist's answer matches the large model's (the same metric as evaluation)."""
