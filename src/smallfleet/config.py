@@ -197,11 +197,20 @@ class RoutingConfig(_Section):
         ge=1,
         description="Most concurrent requests to one specialist answered as one batch (1: alone).",
     )
+    novelty: bool = Field(
+        True, description="Escalate (as `novel`) answers unlike the route's training traffic."
+    )
 
 
 class FlywheelConfig(_Section):
     min_examples: int = Field(100, ge=1)
     target_accuracy: float = Field(0.95, gt=0, le=1)
+    confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="How sure a promotion is that the kept answers reach target_accuracy (a lower bound).",
+    )
     min_coverage: float = Field(0.2, ge=0, le=1)
     executor: Literal["local", "ray"] = "local"
     workers: int | None = Field(

@@ -56,6 +56,10 @@ log = logging.getLogger("smallfleet.flywheel")
 
 #: The lowest threshold a route gets: an answer with confidence 0 is never served.
 MIN_THRESHOLD = 1e-6
+#: A label task keeps up to this many training examples per label (above ``max_train``), at
+#: most ``LABEL_TRAIN_MAX`` in all: 77 intents want more than 2,000 examples.
+LABEL_EXAMPLES = 100
+LABEL_TRAIN_MAX = 20_000
 #: Training examples (over the task types to train) from which worker processes pay for
 #: their start-up, unless ``workers`` is set.
 PARALLEL_MIN_EXAMPLES = 1500
@@ -66,6 +70,9 @@ class FlywheelOptions:
     workload: str | None = None
     since: float | None = None
     target_accuracy: float = 0.95
+    #: How sure a route's promise is: its kept answers reach ``target_accuracy`` on the test
+    #: split with this confidence (a one-sided Clopper–Pearson lower bound), not as a point estimate.
+    confidence: float = 0.95
     min_examples: int = 100
     min_coverage: float = 0.2
     promote_mode: str = "shadow"
@@ -100,6 +107,7 @@ class FlywheelOptions:
         fw = settings.flywheel
         base = cls(
             target_accuracy=fw.target_accuracy,
+            confidence=fw.confidence,
             min_examples=fw.min_examples,
             min_coverage=fw.min_coverage,
             executor=fw.executor,
@@ -346,51 +354,81 @@ def _latency_p50_ms(spec: Any, examples: Sequence[Example], n: int = 20) -> floa
     return _p50(times)
 
 
-def _kept(conf: Sequence[float], correct: Sequence[bool], threshold: float) -> dict[str, Any]:
+def _kept(
+    conf: Sequence[float], correct: Sequence[bool], threshold: float, confidence: float | None = None
+) -> dict[str, Any]:
+    """Scores of the answers kept at ``threshold``; with ``confidence``, the lower bound on their
+    accuracy too (``kept_accuracy_lower``: at least that, with that confidence)."""
+    from smallfleet.evals.coverage import clopper_pearson_lower
+
     kept = [c for x, c in zip(conf, correct, strict=True) if x >= threshold]
-    n = len(conf)
-    return {
+    n, right = len(conf), sum(kept)
+    out = {
         "n": n,
         "accuracy": (sum(correct) / n) if n else None,
         "kept": len(kept),
+        "kept_correct": right,
         "coverage": (len(kept) / n) if n else 0.0,
-        "kept_accuracy": (sum(kept) / len(kept)) if kept else None,
+        "kept_accuracy": (right / len(kept)) if kept else None,
     }
+    if confidence is not None:
+        out["confidence"] = confidence
+        out["kept_accuracy_lower"] = clopper_pearson_lower(right, len(kept), confidence)
+    return out
 
 
 def _evaluate_candidate(
     cand: CandidateResult, val: Sequence[Example], test: Sequence[Example], shape: str, opts: FlywheelOptions
 ) -> Any:
-    """Fill in ``cand``'s threshold and scores; return the loaded specialist."""
-    from smallfleet.evals.coverage import coverage_curve, threshold_for
+    """Fill in ``cand``'s threshold and scores; return the loaded specialist.
+
+    The validation and test answers together (none of them trained on) choose and certify
+    the threshold by fixed-sequence testing (:func:`~smallfleet.evals.coverage.certified_threshold`):
+    the lowest threshold whose kept answers reach the target with ``opts.confidence``, a
+    one-sided Clopper–Pearson lower bound that holds for the chosen threshold with no
+    correction for the scan. ``cand.test`` holds the kept answers' figures on both splits
+    (``split: "validation+test"``) and the bound (the promise); ``cand.validation`` the
+    validation split's point estimates. Where the answers are too few for any bound to
+    reach the target, ``cand.reason`` says so.
+    """
+    from smallfleet.evals.coverage import certified_threshold, coverage_curve, min_answers
     from smallfleet.specialists.base import load_specialist
 
     assert cand.path is not None
     spec = load_specialist(cand.path)
+    target, confidence = opts.target_accuracy, opts.confidence
     v_conf, v_ok, _ = _judge(spec, val, shape)
-    min_kept = max(3, int(0.05 * len(val)))
-    thr = threshold_for(v_conf, v_ok, opts.target_accuracy, min_kept=min_kept) if val else None
+    t_conf, t_ok, _ = _judge(spec, test, shape)
+    conf, ok = [*v_conf, *t_conf], [*v_ok, *t_ok]
+    thr = certified_threshold(conf, ok, target, confidence) if conf else None
     if thr is not None:
         thr = max(thr, MIN_THRESHOLD)  # confidence 0 means "known wrong" (e.g. fails the schema): never kept
     cand.validation = {"n": len(val), "accuracy": (sum(v_ok) / len(v_ok)) if v_ok else None}
-    t_conf, t_ok, _ = _judge(spec, test, shape)
     cand.curve = [
         {"threshold": p.threshold, "coverage": p.coverage, "accuracy": p.accuracy}
-        for p in coverage_curve(t_conf, t_ok)
+        for p in coverage_curve(conf, ok)
     ]
     cand.latency_p50_ms = _latency_p50_ms(spec, test)
+    need = min_answers(target, confidence)
     if thr is None:
-        cand.test = _kept(t_conf, t_ok, float("inf"))
-        cand.reason = f"no threshold reaches {opts.target_accuracy:.0%} on validation"
+        cand.test = {**_kept(conf, ok, float("inf")), "split": "validation+test"}
+        if need is None or len(conf) < need:
+            takes = "no number of answers can promise 100%" if need is None else f"it takes {need}, all right"
+            cand.reason = (
+                f"too few answers: with {len(conf)} validation and test answers the {confidence:.0%} "
+                f"lower bound cannot reach {target:.0%} ({takes})"
+            )
+        else:
+            cand.reason = (
+                f"no threshold reaches {target:.0%} with {confidence:.0%} confidence "
+                f"on {len(conf)} validation and test answers"
+            )
         return spec
     cand.threshold = thr
     cand.validation.update(_kept(v_conf, v_ok, thr))
-    cand.test = _kept(t_conf, t_ok, thr)
-    kept_acc, cov = cand.test["kept_accuracy"], cand.test["coverage"]
-    if kept_acc is None or kept_acc < opts.target_accuracy:
-        cand.reason = f"kept accuracy {0 if kept_acc is None else kept_acc:.1%} on test < target"
-    elif cov < opts.min_coverage:
-        cand.reason = f"coverage {cov:.0%} < minimum {opts.min_coverage:.0%}"
+    cand.test = {**_kept(conf, ok, thr, confidence), "split": "validation+test"}
+    if cand.test["coverage"] < opts.min_coverage:
+        cand.reason = f"coverage {cand.test['coverage']:.0%} < minimum {opts.min_coverage:.0%}"
     return spec
 
 
@@ -676,8 +714,14 @@ class Flywheel:
             examples = _split_by_time(recs)
             for split in ("validation", "test"):  # the newest ones: enough to judge, bounded in cost
                 examples[split] = examples[split][-self.opts.max_eval :]
-            train = examples["train"] = examples["train"][-self.opts.max_train :]  # what is kept: bounded
-            profile = profile_task([*train, *examples["validation"]]) if train else None
+            profile = (
+                profile_task([*examples["train"], *examples["validation"]]) if examples["train"] else None
+            )
+            # what is kept is bounded; a label task gets up to LABEL_EXAMPLES examples a label
+            cap = self.opts.max_train
+            if profile is not None and profile.labels:
+                cap = max(cap, min(LABEL_EXAMPLES * len(profile.labels), LABEL_TRAIN_MAX))
+            train = examples["train"] = examples["train"][-cap:]
             shape = getattr(profile, "shape", "text") if profile else "text"
             cost = sum(r.cost_usd or 0.0 for r in recs)
             key = self._route_name(info, recs, active)
@@ -870,7 +914,15 @@ class Flywheel:
         examples: dict[str, list[Example]],
         serving: Route | None,
     ) -> None:
-        """Promote the chosen candidate of a trained task type, unless the serving route is better."""
+        """Promote the chosen candidate of a trained task type, unless the serving route is better.
+
+        The route stores its promise: ``kept_accuracy_lower``, the accuracy its kept test
+        answers reach with ``confidence`` (the bound), beside ``kept_accuracy`` (the point
+        estimate) and ``target_accuracy``; ``smallfleet routes show`` sets what the gateway's
+        checks measure since against it.
+        """
+        from smallfleet.evals.coverage import clopper_pearson_lower
+
         opts = self.opts
         chosen = next((c for c in cres.candidates if c.reason is None and c.path), None)
         if chosen is None:
@@ -878,10 +930,12 @@ class Flywheel:
             return
         if serving is not None:
             old = _old_route_on(serving, examples["test"], cres.shape)
+            # the serving route holds its place where it still keeps its promise on the new test set
             if (
                 old is not None
-                and old.get("kept_accuracy") is not None
-                and old["kept_accuracy"] >= opts.target_accuracy
+                and old["kept"]
+                and clopper_pearson_lower(old["kept_correct"], old["kept"], opts.confidence)
+                >= opts.target_accuracy
             ):
                 new_cov = chosen.test.get("coverage") or 0.0
                 if new_cov < old["coverage"]:
@@ -907,6 +961,10 @@ class Flywheel:
             data_hash=chosen.data_hash,
             metrics={
                 **{k: chosen.test.get(k) for k in ("accuracy", "kept_accuracy", "coverage", "n")},
+                # the promise: at least kept_accuracy_lower, with `confidence`, on kept_correct of kept
+                **{k: chosen.test.get(k) for k in ("kept", "kept_correct", "kept_accuracy_lower")},
+                "confidence": opts.confidence,
+                "target_accuracy": opts.target_accuracy,
                 "n_train": len(examples["train"]),
                 "curve": chosen.curve,
                 "latency_p50_ms": chosen.latency_p50_ms,
@@ -915,6 +973,14 @@ class Flywheel:
                 "cluster": cres.name,
             },
         )
+        from smallfleet.routing.novelty import fit_route_gate
+
+        # the novelty gate: requests unlike this training traffic escalate (routing/novelty.py)
+        novelty = fit_route_gate(
+            route.specialist_path, examples["train"], examples["validation"], cres.shape, opts.encoder
+        )
+        if novelty is not None:
+            route.metrics["novelty"] = novelty
         self.routes.promote(route, actor="flywheel")
         run.changes.append(f"promoted {route.name} v{route.version} ({route.kind}, {route.mode})")
         cres.route = _route_info(route)

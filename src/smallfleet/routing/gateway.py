@@ -12,7 +12,10 @@ gateway's routing seam (``route(request, workload)``) and its after-response hoo
   sent to the large model in the background; when a route's agreement over the last
   ``routing.guard_window`` checks (at least ``routing.guard_min_checks`` of them) falls
   below its target, the route is set back to ``shadow`` (recorded as a ``guard-demote``
-  event, shown by ``smallfleet routes``).
+  event, shown by ``smallfleet routes``). The rule is a point estimate on purpose: a quick
+  safety net errs towards the large model. Every check is kept (``route_checks``), so
+  ``smallfleet routes show`` sets all of a version's delivered agreement, with its
+  Clopper–Pearson interval, against what the flywheel promised at promotion.
 
 Background work (shadow answers, guard checks) runs at most ``routing.shadow_concurrency``
 at a time; beyond a backlog of ``max_background`` it is skipped, never queued without bound.
@@ -195,9 +198,12 @@ class GatewayRouter:
             rate, n = await asyncio.to_thread(
                 self.routes.agreement, route.name, route.version, "guard", self.guard_window
             )
-            target = float((route.metrics or {}).get("target_accuracy") or self.target_accuracy)
+            metrics = route.metrics or {}
+            target = float(metrics.get("target_accuracy") or self.target_accuracy)
             if rate is not None and n >= self.guard_min_checks and rate < target:
                 reason = f"guard agreement {rate:.1%} over the last {n} checks < target {target:.0%}"
+                if metrics.get("kept_accuracy_lower") is not None:
+                    reason += f" (promised at least {metrics['kept_accuracy_lower']:.1%})"
                 if await asyncio.to_thread(self._demote, route, reason):
                     log.warning("route %s v%s set back to shadow: %s", route.name, route.version, reason)
                 await self._reload()
@@ -259,6 +265,7 @@ def build_gateway_router(settings: Settings, registry: ModelRegistry, engine: An
         encoder=settings.flywheel.encoder,
         seed=cfg.seed,
         max_batch=cfg.max_batch,
+        novelty=cfg.novelty,
     )
     return GatewayRouter(
         router,
