@@ -451,7 +451,8 @@ def figures(
 
 
 def read_routes(db_url: str) -> dict[str, dict[str, Any]]:
-    """Every active route with what it promised at promotion (its test split's kept accuracy)."""
+    """Every active route with what it promised at promotion: the kept accuracy of its held-out
+    (validation and test) answers, and the lower bound the promotion certified (``promised_lower``)."""
     from smallfleet.routing.routes import RouteStore
     from smallfleet.store import TraceStore
 
@@ -467,6 +468,8 @@ def read_routes(db_url: str) -> dict[str, dict[str, Any]]:
                 "threshold": round(r.threshold, 4),
                 "labels": r.labels,
                 "promised": m.get("kept_accuracy"),
+                "promised_lower": m.get("kept_accuracy_lower"),
+                "promised_confidence": m.get("confidence"),
                 "promised_coverage": m.get("coverage"),
                 "promise_n_test": m.get("n"),
                 "n_train": m.get("n_train"),
@@ -568,7 +571,17 @@ def print_tables(res: dict[str, Any]) -> None:
     )
     console.print(t)
     r = Table(title="routes: promised at promotion vs delivered on the held-out split")
-    for col in ("route", "kind", "mode", "labels", "threshold", "promised (n)", "served", "delivered"):
+    for col in (
+        "route",
+        "kind",
+        "mode",
+        "labels",
+        "threshold",
+        "promised (n)",
+        "bound",
+        "served",
+        "delivered",
+    ):
         r.add_column(col)
     for x in res["routes"]:
         n = x.get("promise_n_test")
@@ -579,6 +592,7 @@ def print_tables(res: dict[str, Any]) -> None:
             "–" if x["labels"] is None else str(len(x["labels"])),
             f"{x['threshold']:.3f}",
             f"{_pct(x['promised'])} ({n})",
+            _pct(x.get("promised_lower")),
             str(x["served"]),
             _pct(x["delivered"]),
         )
