@@ -85,14 +85,14 @@ def test_a_threshold_chosen_on_a_small_validation_set_is_refused() -> None:
 
 
 def test_a_certified_threshold_holds_without_a_correction_for_the_scan() -> None:
-    """Fixed-sequence testing on one set of answers: too few → refused; a lone early error does not end it."""
+    """Chosen and certified on one set of answers: too few → refused; an early error does not end it."""
     rng = random.Random(3)
     conf = [rng.uniform(0.5, 1.0) for _ in range(40)]
     assert certified_threshold(conf, [True] * 40, 0.95) is None  # 40 answers cannot promise 95%
     # 2,000 answers: the top 80% are 99% right, the rest 60%
     conf = sorted((rng.random() for _ in range(2000)), reverse=True)
     ok = [rng.random() < (0.99 if i < 1600 else 0.6) for i in range(2000)]
-    ok[0] = False  # the most confident answer is wrong: the scan starts at 10% coverage, it goes on
+    ok[0] = False  # the most confident answer is wrong: no matter, each coverage level is tested alone
     thr = certified_threshold(conf, ok, 0.95)
     assert thr is not None
     kept = [o for c, o in zip(conf, ok, strict=True) if c >= thr]

@@ -77,12 +77,12 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("promises")
     calls = generate_workload(2800, seed=5)
     intent = [c for c in calls if c.task_type == "intent"]
-    urgency = [c for c in calls if c.task_type == "urgency"][:45]
+    urgency = [c for c in calls if c.task_type == "urgency"][:34]
     store = TraceStore(f"sqlite:///{tmp / 'fw.db'}")
     store.write_traces(to_trace_records(intent + urgency))
     opts = FlywheelOptions(
-        min_examples=40,
-        target_accuracy=0.9,  # 29 answers, all right, for its 95% lower bound
+        min_examples=30,
+        target_accuracy=0.8,  # 27 answers, all right, for its 95% lower bound over 20 coverage levels
         specialists_dir=str(tmp / "specialists"),
         promote_mode="on",
         progress=False,
@@ -97,11 +97,11 @@ def test_a_small_validation_set_is_refused_with_the_reason_in_the_report(small_r
     by_size = sorted(run.clusters, key=lambda c: c.size)
     small, large = by_size[0], by_size[-1]
     n = small.n_validation + small.n_test
-    assert n < 29 and small.status == "not_promoted"
+    assert n < 27 and small.status == "not_promoted"
     (cand,) = small.candidates
     assert cand.reason == (
-        f"too few answers: with {n} validation and test answers the 95% lower bound cannot reach 90% "
-        "(it takes 29, all right)"
+        f"too few answers: with {n} validation and test answers the 95% lower bound cannot reach 80% "
+        "(it takes 27, all right)"
     )
     summary = latest_summary(store)
     assert summary is not None
@@ -112,6 +112,6 @@ def test_a_small_validation_set_is_refused_with_the_reason_in_the_report(small_r
     assert large.status == "promoted", [(c.reason, c.validation, c.test) for c in large.candidates]
     (route,) = RouteStore(store.engine).active()
     m = route.metrics
-    assert m["confidence"] == 0.95 and m["target_accuracy"] == 0.9
-    assert 0.9 <= m["kept_accuracy_lower"] < m["kept_accuracy"]
+    assert m["confidence"] == 0.95 and m["target_accuracy"] == 0.8
+    assert 0.8 <= m["kept_accuracy_lower"] < m["kept_accuracy"]
     assert m["kept_correct"] <= m["kept"] == round(m["coverage"] * m["n"])

@@ -14,9 +14,9 @@ can be chosen on a statistical bound instead: :func:`clopper_pearson_lower` is t
 exact one-sided lower bound on a share (``k`` right of ``n``) at a confidence level,
 and ``threshold_for(..., confidence=0.95)`` keeps only thresholds whose kept answers'
 lower bound reaches the target. The bound of a threshold picked that way is optimistic
-on the data that picked it (the best of many tries); :func:`certified_threshold` scans
-the thresholds as a fixed sequence instead (stopping at the first failure), which makes
-the chosen threshold's bound hold with no correction, on the same answers that chose
+on the data that picked it (the best of many tries); :func:`certified_threshold` tests
+a few thresholds fixed by coverage, each at a confidence raised for their number (the
+union bound), so that the chosen threshold's bound holds on the same answers that chose
 it: the flywheel's way.
 """
 
@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "CERTIFY_LEVELS",
     "CoveragePoint",
     "accuracy_at_coverage",
+    "certified_confidence",
     "certified_threshold",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
@@ -103,41 +105,51 @@ def threshold_for(
     return best
 
 
+#: Coverage levels :func:`certified_threshold` tests (5%, 10%, …, 100%); each at ``1 - (1 - c) / LEVELS``.
+CERTIFY_LEVELS = 20
+
+
+def certified_confidence(confidence: float, levels: int = CERTIFY_LEVELS) -> float:
+    """The confidence each of ``levels`` tests is made at, so that all hold at ``confidence`` together."""
+    return 1.0 - (1.0 - confidence) / levels
+
+
 def certified_threshold(
     confidences: Sequence[float],
     correct: Sequence[bool],
     target_accuracy: float,
     confidence: float = 0.95,
-    steps: int = 50,
-    first: float = 0.1,
+    levels: int = CERTIFY_LEVELS,
 ) -> float | None:
     """The lowest threshold whose kept answers reach ``target_accuracy`` with ``confidence``,
-    by fixed-sequence testing (Learn then Test): thresholds are tested from the highest
-    down, each by its kept answers' one-sided Clopper–Pearson lower bound, and the scan
-    stops at the first that fails. Every threshold passed, the last one included, then
-    reaches the target with ``confidence`` jointly, with no correction for the scan, so the
-    same answers both choose the threshold and certify it.
+    chosen and certified on the same answers.
 
-    The thresholds tested start at ``first`` coverage and go on one per ``1 / steps`` of
-    coverage (so a single unlucky answer among the most confident few does not end the
-    scan), none keeping fewer answers than any bound needs (:func:`min_answers`). They
-    depend on the confidences only, never on which answers are right, so the guarantee
-    holds given the confidences. ``None`` when even the first threshold tested fails.
+    The thresholds tested are those keeping 1/``levels``, 2/``levels``, … of the answers
+    (ties kept together; they depend on the confidences only, never on which answers are
+    right). Each is tested by its kept answers' one-sided Clopper–Pearson lower bound at
+    :func:`certified_confidence` (the union bound: with 20 levels at 95%, each at 99.75%),
+    so whichever passes, and the lowest passing one chosen, holds at ``confidence`` with
+    the scan accounted for. A level keeping fewer answers than any bound needs
+    (:func:`min_answers`) is skipped. ``None`` when no level passes.
     """
     _check(confidences, correct)
-    need = min_answers(target_accuracy, confidence)
-    if need is None:
+    each = certified_confidence(confidence, levels)
+    need = min_answers(target_accuracy, each)
+    n = len(confidences)
+    if need is None or n == 0:
         return None
-    step = max(need, math.ceil(len(confidences) / steps))
-    mark = max(need, math.ceil(len(confidences) * first))
+    curve = coverage_curve(confidences, correct)
     best: float | None = None
-    for p in coverage_curve(confidences, correct):
-        if p.kept < mark:
+    i = -1
+    for j in range(1, levels + 1):
+        goal = math.ceil(j * n / levels)
+        while i + 1 < len(curve) and curve[i + 1].kept <= goal:
+            i += 1
+        if i < 0 or curve[i].kept < need:
             continue
-        mark = (p.kept // step + 1) * step
-        if not _bound_reaches(round(p.accuracy * p.kept), p.kept, target_accuracy, confidence):
-            break
-        best = p.threshold
+        p = curve[i]
+        if _bound_reaches(round(p.accuracy * p.kept), p.kept, target_accuracy, each):
+            best = p.threshold  # later levels keep more: a lower threshold
     return best
 
 

@@ -383,15 +383,21 @@ def _evaluate_candidate(
     """Fill in ``cand``'s threshold and scores; return the loaded specialist.
 
     The validation and test answers together (none of them trained on) choose and certify
-    the threshold by fixed-sequence testing (:func:`~smallfleet.evals.coverage.certified_threshold`):
-    the lowest threshold whose kept answers reach the target with ``opts.confidence``, a
-    one-sided Clopper–Pearson lower bound that holds for the chosen threshold with no
-    correction for the scan. ``cand.test`` holds the kept answers' figures on both splits
+    the threshold (:func:`~smallfleet.evals.coverage.certified_threshold`): the lowest of 20
+    thresholds fixed by coverage whose kept answers reach the target with
+    ``opts.confidence``, each tested by a one-sided Clopper–Pearson lower bound at a
+    confidence raised for their number (the union bound), so the promise holds with the
+    scan accounted for. ``cand.test`` holds the kept answers' figures on both splits
     (``split: "validation+test"``) and the bound (the promise); ``cand.validation`` the
     validation split's point estimates. Where the answers are too few for any bound to
     reach the target, ``cand.reason`` says so.
     """
-    from smallfleet.evals.coverage import certified_threshold, coverage_curve, min_answers
+    from smallfleet.evals.coverage import (
+        certified_confidence,
+        certified_threshold,
+        coverage_curve,
+        min_answers,
+    )
     from smallfleet.specialists.base import load_specialist
 
     assert cand.path is not None
@@ -409,7 +415,8 @@ def _evaluate_candidate(
         for p in coverage_curve(conf, ok)
     ]
     cand.latency_p50_ms = _latency_p50_ms(spec, test)
-    need = min_answers(target, confidence)
+    each = certified_confidence(confidence)
+    need = min_answers(target, each)
     if thr is None:
         cand.test = {**_kept(conf, ok, float("inf")), "split": "validation+test"}
         if need is None or len(conf) < need:
@@ -426,7 +433,8 @@ def _evaluate_candidate(
         return spec
     cand.threshold = thr
     cand.validation.update(_kept(v_conf, v_ok, thr))
-    cand.test = {**_kept(conf, ok, thr, confidence), "split": "validation+test"}
+    # the promise: the bound at the level each threshold was tested at (it holds at `confidence`)
+    cand.test = {**_kept(conf, ok, thr, each), "confidence": confidence, "split": "validation+test"}
     if cand.test["coverage"] < opts.min_coverage:
         cand.reason = f"coverage {cand.test['coverage']:.0%} < minimum {opts.min_coverage:.0%}"
     return spec
