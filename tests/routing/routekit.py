@@ -50,7 +50,8 @@ def train_triage(out: Path) -> Any:
 
 
 class ScriptedToolCaller(Specialist):
-    """Answers each user text with a scripted tool call and confidence (test-only)."""
+    """Answers each user text with a scripted tool call and confidence (test-only); an empty tool
+    name answers with a text reply instead."""
 
     kind: ClassVar[str] = SCRIPTED_KIND
 
@@ -64,7 +65,11 @@ class ScriptedToolCaller(Specialist):
         out = []
         for r in requests:
             name, args, confidence = self.script[r.last_user_text()]
-            response = ChatResponse.of_tool_calls("scripted", [(name, args)], Usage.of(0, 0))
+            response = (
+                ChatResponse.of_tool_calls("scripted", [(name, args)], Usage.of(0, 0))
+                if name
+                else ChatResponse.of_text("scripted", "Which city do you mean?", Usage.of(0, 0))
+            )
             out.append(Prediction(response, confidence))
         return out
 

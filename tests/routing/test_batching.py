@@ -140,3 +140,27 @@ def test_the_gateway_routers_deciding_threads_end_with_the_gateway(tmp_path: Pat
         t.join(5)
     assert not [t for t in started if t.is_alive()]
     store.close()
+
+
+def test_a_tool_caller_that_would_reply_escalates(tmp_path: Path) -> None:
+    """Where the step's answer is a reply (ask the user first), the router never serves it small."""
+    KINDS[SCRIPTED_KIND] = "routekit:ScriptedToolCaller"
+    try:
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        script = {
+            "weather in Paris": ("get_weather", {"city": "Paris"}, 0.99),
+            "weather please": ("", {}, 0.99),
+        }
+        path = ScriptedToolCaller(script).save(tmp_path / "scripted")
+        router = Router([], max_batch=1)
+        route = Route(name="weather", kind="tool_caller", threshold=0.3, mode="on", specialist_path=str(path))
+
+        def decide(text: str) -> Any:
+            req = ChatRequest(model="m", messages=[{"role": "user", "content": text}], tools=tools)
+            return router._ask(route, req, 0.0, 0.0)
+
+        assert decide("weather in Paris").action == "small"
+        replied = decide("weather please")
+        assert replied.action == "large" and replied.reason == "specialist_replied"
+    finally:
+        KINDS.pop(SCRIPTED_KIND, None)

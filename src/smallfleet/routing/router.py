@@ -302,6 +302,10 @@ class Router:
         if pred.confidence < route.threshold:
             decision.reason = "low_confidence"
             return decision
+        if route.kind == "tool_caller" and not pred.response.message.tool_calls:
+            # the step's answer here is a text reply (it asks the user first): the large model's to write
+            decision.reason = "specialist_replied"
+            return decision
         problem = check_response(request, pred.response, route.labels)
         decision.validate_ms = (time.perf_counter() - t2) * 1000
         if problem is not None:
