@@ -75,7 +75,7 @@ def run_demo(
     seed: int = 0,
     target_accuracy: float = 0.95,
     min_examples: int | None = None,
-    confidence: float = 0.95,
+    confidence: float = 0.5,
     usd_per_hour: float = 0.10,
     progress: bool = True,
     max_train: int = 1500,
@@ -109,7 +109,10 @@ def run_demo(
     for i in range(0, len(records), 2000):
         store.write_traces(records[i : i + 2000])
 
-    console.print("[bold]2/4[/] Running the flywheel: curate, cluster, train, evaluate, promote")
+    console.print(
+        "[bold]2/4[/] Running the flywheel: curate, cluster, train, evaluate, promote "
+        f"(routes promised at {target_accuracy:.0%} with {confidence:.0%} confidence)"
+    )
     opts = FlywheelOptions(
         target_accuracy=target_accuracy,
         min_examples=min_examples if min_examples is not None else max(30, calls // 100),
