@@ -78,21 +78,15 @@ def request_text(request: ChatRequest | Mapping[str, Any]) -> str:
 
 
 def answer_key(response: ChatResponse) -> str:
-    """What an answer is, as a class: the tools called (``tool:a,b``), else the normalised label."""
+    """What an answer is, as a class: the tools called (``tool:a,b``), else the normalised label
+    (``{"intent": "refund"}`` is the label refund, as a classifier reads it)."""
     from smallfleet.evals.metrics import normalize_text
+    from smallfleet.specialists.classifier import label_of
 
     msg = response.message
     if msg.tool_calls:
         return "tool:" + ",".join(sorted(c.function.name for c in msg.tool_calls))
-    text = (msg.content or "").strip()
-    if text.startswith("{"):  # {"intent": "refund"} is the label refund, as a classifier reads it
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), str):
-            text = next(iter(obj.values()))
-    return normalize_text(text)
+    return normalize_text(label_of(response))
 
 
 def _class_scores(
