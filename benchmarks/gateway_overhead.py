@@ -3,13 +3,17 @@
 Three processes, so no two share a GIL:
 
 - a minimal raw-asyncio upstream (a fixed chat completion for every POST, HTTP/1.1 keep-alive),
-- the gateway (``smallfleet gateway``, tracing on, SQLite store, redaction on),
+- the gateway, once per ``--variants`` name (``smallfleet gateway``: tracing on, SQLite store,
+  redaction on): by default as it runs (``gc.freeze`` at start-up, the trace writer handing the
+  interpreter back between traces; ``--offload``: redaction in a child process too) and the
+  untuned baseline beside it (neither: the gateway before issue 20; ``--no-baseline`` skips it),
 - this script: a raw-asyncio HTTP/1.1 keep-alive client (so the client is not the bottleneck).
 
 At concurrency 1 and 64 it sends the same requests to the upstream directly, then
-through the gateway, and prints the added latency (p50/p99, ms) and the requests
-per second through the gateway. Then it stops the gateway with SIGTERM and checks
-that every request that got a 200 has its trace in the store (zero lost).
+through each gateway, and prints the added latency (p50/p99, ms) and the requests
+per second through the gateway. Then it stops the gateways with SIGTERM and checks
+that every request that got a 200 has its trace in the store (zero lost). The
+last line is the figures as JSON.
 
 At concurrency 64 in a closed loop every request waits for the 63 others
 (latency = concurrency / throughput), so the added latency there is queueing;
@@ -17,6 +21,7 @@ the last run is open-loop (a fixed schedule at a fraction of the measured
 maximum, over 64 connections) and shows what the gateway adds below saturation.
 
 Run:  python benchmarks/gateway_overhead.py [--requests 4000] [--requests-c1 1000] [--paced-fraction 0.3]
+      [--rounds 1] [--variants untuned,gateway] [--no-baseline] [--offload]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,12 +224,95 @@ def _wait_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
             sys.exit(f"the gateway exited:\n{log.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                s.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
                 if s.recv(100).startswith(b"HTTP/1.1 200"):
                     return
         except OSError:
             time.sleep(0.1)
     sys.exit("the gateway did not start")
+
+
+#: A gateway process: ``smallfleet gateway`` itself (argv[3:]), its ``serve`` as argv[1] says, with
+#: its garbage-collection pauses written to argv[2] as JSON at exit. Modes (``--variants``):
+#: ``gateway`` (``serve()`` as shipped: ``gc.freeze``, the trace writer's ``sleep(0)`` between traces),
+#: ``untuned`` (neither: the gateway before issue 20), ``freeze`` (``gc.freeze`` alone), ``offload``
+#: (``serve(offload=True)``) and ``switch1ms`` (as shipped plus ``sys.setswitchinterval(0.001)``,
+#: measured and dropped).
+_LAUNCH = """
+import atexit, functools, gc, json, sys, time
+import smallfleet.gateway.server as server
+from smallfleet.gateway.recorder import Recorder
+mode, stats_path, sys.argv = sys.argv[1], sys.argv[2], ["smallfleet", *sys.argv[3:]]
+server.serve = functools.partial(server.serve, tune=mode != "untuned", offload=mode == "offload")
+Recorder.yield_between_traces = mode not in ("untuned", "freeze")
+if mode == "switch1ms":
+    sys.setswitchinterval(0.001)
+pauses, started = {0: [], 1: [], 2: []}, [0.0]
+def timed(phase, info):
+    if phase == "start":
+        started[0] = time.perf_counter()
+    else:
+        pauses[info["generation"]].append(time.perf_counter() - started[0])
+gc.callbacks.append(timed)
+atexit.register(lambda: open(stats_path, "w").write(json.dumps(pauses)))
+from smallfleet.cli import main
+main()
+"""
+
+#: ``--variants`` names: the gateway's mode in :data:`_LAUNCH`.
+VARIANTS = ("untuned", "freeze", "gateway", "offload", "switch1ms")
+
+
+def _start_gateway(
+    tmp: Path, name: str, up_port: int, mode: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """(process, port, trace database) of a gateway serving in front of the upstream."""
+    db = tmp / f"traces-{name}.db"
+    cfg = tmp / f"smallfleet-{name}.yaml"
+    cfg.write_text(
+        "models:\n"
+        f"  gpt-4o-mini: {{backend: openai, base_url: 'http://127.0.0.1:{up_port}/v1', max_retries: 0}}\n"
+        f"store: {{url: 'sqlite:///{db}'}}\n"
+        f"gateway: {{dead_letter_path: '{tmp / f'dead-{name}.jsonl'}'}}\n"
+    )
+    port = _free_port()
+    log = tmp / f"gateway-{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLFLEET_")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *_python(name),
+                "-c",
+                _LAUNCH,
+                mode,
+                str(tmp / f"gc-{name}.json"),
+                "--config",
+                str(cfg),
+                "gateway",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    _wait_up(port, proc, log)
+    return proc, port, db
+
+
+def _wait_idle(ports: list[int], timeout: float = 60.0) -> None:
+    """Until every gateway's trace queue is empty (its writer would otherwise compete for the CPU)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+            if b'"trace_queue_depth":0' in answer:
+                break
+            time.sleep(0.05)
 
 
 def main() -> None:
@@ -236,6 +325,30 @@ def main() -> None:
         type=float,
         default=0.3,
         help="then an open-loop run at this fraction of the gateway's max req/s (0: skip)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each phase this many times, each round in another order; report the median "
+        "req/s and CPU, the percentiles of all rounds' latencies (>1 on a shared machine)",
+    )
+    ap.add_argument(
+        "--variants",
+        default="untuned,gateway",
+        help="gateways measured side by side, in this order (comma-separated): untuned (before "
+        "issue 20), freeze (gc.freeze alone), gateway (serve(), as `smallfleet gateway` runs), "
+        "offload (serve(offload=True)), switch1ms (gateway plus a 1 ms switch interval, dropped)",
+    )
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the untuned gateway (the same as --variants gateway)",
+    )
+    ap.add_argument(
+        "--offload",
+        action="store_true",
+        help="the tuned gateway redacts in a child process (serve(offload=True))",
     )
     args = ap.parse_args()
     try:
@@ -252,97 +365,145 @@ def main() -> None:
     up_port = parent.recv()
 
     tmp = Path(tempfile.mkdtemp(prefix="sf-gw-bench-"))
-    db = tmp / "traces.db"
-    cfg = tmp / "smallfleet.yaml"
-    cfg.write_text(
-        "models:\n"
-        f"  gpt-4o-mini: {{backend: openai, base_url: 'http://127.0.0.1:{up_port}/v1', max_retries: 0}}\n"
-        f"store: {{url: 'sqlite:///{db}'}}\n"
-    )
-    gw_port = _free_port()
-    log = tmp / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMALLFLEET_")}
-    with log.open("wb") as out:
-        gw = subprocess.Popen(
-            [*_python(), "-m", "smallfleet.cli", "--config", str(cfg), "gateway", "--port", str(gw_port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    all_ids: list[str] = []
-    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.no_baseline:
+        names = [n for n in names if n != "untuned"]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or "gateway" not in names:
+        why = unknown or "gateway missing"
+        ap.error(f"--variants: {why}; choose from {', '.join(VARIANTS)}, gateway included")
+    gateways: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
+    ids: dict[str, list[str]] = {n: [] for n in names}
+    rows: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    codes: dict[str, int] = {}
     try:
-        _wait_up(gw_port, gw, log)
+        for n in names:
+            mode = "offload" if n == "gateway" and args.offload else n
+            gateways[n] = _start_gateway(tmp, n, up_port, mode)
         phases: list[tuple[str, int, int, float | None]] = [
             ("c=1", 1, args.requests_c1, None),
             (f"c={args.concurrency}", args.concurrency, args.requests, None),
         ]
         while phases:
             label, conc, n, rate = phases.pop(0)
+            targets = [("direct", up_port, None)] + [(g, gateways[g][1], gateways[g][0]) for g in names]
+            samples: dict[str, list[tuple[list[float], float, int, float]]] = {t[0]: [] for t in targets}
+            for r in range(args.rounds):
+                # Each round in another order: on a shared machine the load drifts within a run.
+                for name, port, proc in targets[r % len(targets) :] + targets[: r % len(targets)]:
+                    print(f"  {label} #{r + 1}: {n} requests {name} ...", file=sys.stderr, flush=True)
+                    _wait_idle([gateways[g][1] for g in names])  # no gateway still writing traces
+                    _, _, got, _ = asyncio.run(_run(port, min(300, n), conc))  # warm up
+                    cpu0 = _cpu(proc.pid) if proc else 0.0
+                    lat, wall, got2, failed = asyncio.run(_run(port, n, conc, rate))
+                    if name in ids:
+                        ids[name] += got + got2
+                    cpu = (_cpu(proc.pid) - cpu0) / n * 1e6 if proc else 0.0
+                    samples[name].append((lat, n / wall, failed, cpu))
             result: dict[str, dict[str, Any]] = {}
-            for name, port in (("direct", up_port), ("gateway", gw_port)):
-                print(f"  {label}: {n} requests {name} ...", file=sys.stderr, flush=True)
-                _, _, ids, _ = asyncio.run(_run(port, min(300, n), conc))  # warm up
-                all_ids += ids
-                cpu0 = _cpu(gw.pid)
-                lat, wall, ids, failed = asyncio.run(_run(port, n, conc, rate))
-                all_ids += ids
+            for name, runs in samples.items():
+                lat = [x for run in runs for x in run[0]]
                 result[name] = {
                     "p50": _pct(lat, 0.5),
                     "p99": _pct(lat, 0.99),
-                    "rps": n / wall,
-                    "failed": failed,
-                    "gw_cpu_us": (_cpu(gw.pid) - cpu0) / n * 1e6,
+                    "rps": statistics.median(run[1] for run in runs),
+                    "failed": sum(run[2] for run in runs),
+                    "gw_cpu_us": statistics.median(run[3] for run in runs),
                 }
-            rows.append((label, result["direct"], result["gateway"]))
+            rows.append((label, result))
             if rate is None and conc > 1 and args.paced_fraction > 0:
                 paced = round(result["gateway"]["rps"] * args.paced_fraction)
                 phases.append((f"c={conc}@{paced}/s", conc, args.requests, float(paced)))
     finally:
-        gw.send_signal(signal.SIGTERM)
-        code = gw.wait(timeout=120)
+        for proc, _, _ in gateways.values():
+            proc.send_signal(signal.SIGTERM)
+        for n, (proc, _, _) in gateways.items():
+            codes[n] = proc.wait(timeout=120)
         parent.close()
         up.kill()
 
     from smallfleet.store.trace_store import TraceStore
 
-    store = TraceStore(f"sqlite:///{db}", create=False)
-    stored = {t.id for t in store.iter_traces()}
-    store.close()
-    lost = [i for i in all_ids if i not in stored]
+    lost: dict[str, int] = {}
+    for n in names:
+        store = TraceStore(f"sqlite:///{gateways[n][2]}", create=False)
+        stored = {t.id for t in store.iter_traces()}
+        store.close()
+        lost[n] = sum(i not in stored for i in ids[n])
 
     print(f"gateway overhead ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end;")
-    print(" upstream, gateway and client are separate processes on this machine)")
+    print(" upstream, gateways and client are separate processes on this machine;")
+    print(" untuned: the gateway before issue 20; gateway: serve(), as `smallfleet gateway` runs)")
     w = max(len(r[0]) for r in rows)
-    print(f"{'run':<{w}} {'path':<8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'gw CPU us/req':>14}")
-    for label, d, g in rows:
-        print(f"{label:<{w}} {'direct':<8} {d['p50']:>8.2f} {d['p99']:>8.2f} {d['rps']:>8.0f}")
-        print(
-            f"{label:<{w}} {'gateway':<8} {g['p50']:>8.2f} {g['p99']:>8.2f} {g['rps']:>8.0f} "
-            f"{g['gw_cpu_us']:>14.0f}"
-        )
-        print(
-            f"{label:<{w}} {'added':<8} {g['p50'] - d['p50']:>8.2f} {g['p99'] - d['p99']:>8.2f} "
-            f"{g['rps'] / d['rps']:>7.2f}x"
-        )
-    failed = sum(g["failed"] for _, _, g in rows)
-    kept = len(all_ids) - len(lost)
-    print(f"gateway exit code {code}; requests that failed: {failed}")
-    print(f"traces: {len(all_ids)} answered with 200, {kept} in the store, {len(lost)} lost")
-    closed = rows[1][2] if len(rows) > 1 else rows[0][2]
-    added = {label: (g["p50"] - d["p50"], g["p99"] - d["p99"]) for label, d, g in rows}
+    print(f"{'run':<{w}} {'path':<16} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'gw CPU us/req':>14}")
+    summary: dict[str, Any] = {}
+    for label, res in rows:
+        d = res["direct"]
+        print(f"{label:<{w}} {'direct':<16} {d['p50']:>8.2f} {d['p99']:>8.2f} {d['rps']:>8.0f}")
+        for g in names:
+            r = res[g]
+            print(
+                f"{label:<{w}} {g:<16} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['rps']:>8.0f} "
+                f"{r['gw_cpu_us']:>14.0f}"
+            )
+        for g in names:
+            r = res[g]
+            added = (r["p50"] - d["p50"], r["p99"] - d["p99"])
+            summary.setdefault(g, {})[label] = {
+                "added_p50_ms": round(added[0], 3),
+                "added_p99_ms": round(added[1], 3),
+                "rps": round(r["rps"], 1),
+                "gw_cpu_us": round(r["gw_cpu_us"]),
+            }
+            print(f"{label:<{w}} {'added ' + g:<16} {added[0]:>8.2f} {added[1]:>8.2f}")
+    failed = sum(res[g]["failed"] for _, res in rows for g in names)
+    print(f"exit codes {codes}; requests that failed: {failed}")
+    for g in names:
+        kept = len(ids[g]) - lost[g]
+        print(f"traces ({g}): {len(ids[g])} answered with 200, {kept} in the store, {lost[g]} lost")
+    closed = rows[1][1]["gateway"] if len(rows) > 1 else rows[0][1]["gateway"]
     print(f"max through the gateway: {closed['rps']:.0f} req/s (target >= 1500)")
-    for label, (p50, p99) in added.items():
-        print(f"added latency {label}: p50 {p50:.2f} ms (target < 1), p99 {p99:.2f} ms (target < 5)")
-    print(f"traces lost: {len(lost)} (target 0)")
-    if lost:
+    for label, res in rows:
+        d, g = res["direct"], res["gateway"]
+        line = f"added latency {label}: p50 {g['p50'] - d['p50']:.2f} ms (target < 1), "
+        line += f"p99 {g['p99'] - d['p99']:.2f} ms (target < 5)"
+        if "untuned" in res:
+            u = res["untuned"]
+            line += f"; untuned p50 {u['p50'] - d['p50']:.2f} ms, p99 {u['p99'] - d['p99']:.2f} ms"
+        print(line)
+    if len(names) > 1:  # the variants against the first, same run: the only comparison a busy machine allows
+        base = names[0]
+        for label, res in rows:
+            b = res[base]
+            parts = []
+            for g in names[1:]:
+                cpu = res[g]["gw_cpu_us"] / max(b["gw_cpu_us"], 1e-9)
+                parts.append(f"{g} req/s x{res[g]['rps'] / b['rps']:.2f}, CPU/req x{cpu:.2f}")
+            print(f"vs {base} {label}: {'; '.join(parts)}")
+    print(f"traces lost: {sum(lost.values())} (target 0)")
+    for g in names:
+        gc_file = tmp / f"gc-{g}.json"
+        if not gc_file.exists():
+            continue
+        pauses = json.loads(gc_file.read_text())
+        parts = []
+        for gen, values in sorted(pauses.items()):
+            v = sorted(values)
+            if v:
+                parts.append(f"gen{gen} {len(v)}x, max {v[-1] * 1000:.1f} ms, total {sum(v) * 1000:.0f} ms")
+        summary[g]["gc"] = {gen: [len(v), round(max(v, default=0) * 1000, 2)] for gen, v in pauses.items()}
+        print(f"garbage collections ({g}): {'; '.join(parts)}")
+    summary["lost"] = lost
+    summary["load_average"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary))
+    if any(lost.values()):
         sys.exit(1)
 
 
-def _python() -> list[str]:
-    """The interpreter for the gateway; SF_BENCH_PROFILE=FILE runs it under cProfile."""
+def _python(name: str) -> list[str]:
+    """The interpreter for a gateway; SF_BENCH_PROFILE=FILE runs it under cProfile (FILE.NAME)."""
     prof = os.environ.get("SF_BENCH_PROFILE")
-    return [sys.executable, "-m", "cProfile", "-o", prof] if prof else [sys.executable]
+    return [sys.executable, "-m", "cProfile", "-o", f"{prof}.{name}"] if prof else [sys.executable]
 
 
 def _cpu(pid: int) -> float:

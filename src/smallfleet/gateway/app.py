@@ -189,6 +189,7 @@ class Gateway:
         self._on_close = on_close
         self._started = False
         self._closed = False
+        self._tuned = False
         self._fast_transport: Any = None
         if fast_transport:
             from smallfleet.gateway import transport
@@ -206,6 +207,32 @@ class Gateway:
             return
         self._started = True
         self.recorder.start()
+
+    def tune_for_serving(self, offload: bool = False) -> None:
+        """Tune the process for this gateway's tail latency; for a process that serves it alone.
+
+        Process-wide, so :func:`~smallfleet.gateway.server.serve` calls it and an app in a
+        thread of someone's program (tests, notebooks) does not. At start-up what is alive is
+        frozen out of the garbage collector (``gc.freeze``), so that no full collection walks
+        the imported modules while requests wait. ``offload``: traces are also
+        redacted in a child process (:meth:`Recorder.offload`): for a machine with a core to
+        spare for it; on a loaded 2-core machine it cost throughput (docs/benchmarks.md).
+        """
+        self._tuned = True
+        if offload:
+            self.recorder.offload(self.settings.redaction)
+
+    @staticmethod
+    def _freeze() -> None:
+        # Measured and not kept (issue 20, benchmarks/gateway_overhead.py --rounds 4 --variants
+        # ...,switch1ms, 2 loaded cores): a 1 ms interpreter switch interval (default 5 ms) cost 16%
+        # of the requests/s at concurrency 64 against gc.freeze alone (1,112 vs 1,325); on top of the
+        # writer's sleep(0) it gave 10% more but twice the open-loop added p99 (34 vs 15 ms). A higher
+        # first-generation gc threshold gave fewer, longer pauses, the same time in all.
+        import gc
+
+        gc.collect()
+        gc.freeze()  # modules, settings, models: never garbage, never walked again
 
     async def aclose(self) -> None:
         """Drain the trace queue, then release models and the store (idempotent)."""
@@ -275,6 +302,8 @@ class Gateway:
                 except Exception as e:
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
+                if self._tuned:
+                    self._freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 try:
@@ -685,6 +714,7 @@ class Gateway:
             # Bytes are out already: no fallback now; tell the client in-band and end the stream.
             rec.status, rec.error = "error", e.message
             rec.http_status = e.status_code
+            self._log_failure(rec, e)
             event = b"data: " + _error_body(e) + b"\n\n"
             state.open_stream = False
             await send({"type": "http.response.body", "body": event, "more_body": False})
@@ -707,8 +737,8 @@ class Gateway:
         rec.status = "error"
         rec.error = e.message
         rec.http_status = e.status_code
-        if isinstance(e, (UpstreamError, UpstreamTimeout, RateLimited)):
-            log.warning("Trace %s failed upstream: %s", rec.id, e.message)
+        if not isinstance(e, _Internal):  # logged with its traceback where it was caught
+            self._log_failure(rec, e)
         if state.open_stream:  # a stream had started: say it in-band and end it
             event = b"data: " + _error_body(e) + b"\n\n"
             state.open_stream = False
@@ -726,6 +756,31 @@ class Gateway:
             extra.append((b"retry-after", str(int(retry_after + 0.999)).encode()))
         await _send(send, e.status_code, _error_body(e), _JSON, rec.id, rec.route, extra)
         state.sent = True
+
+    def _log_failure(self, rec: TraceRecord, e: SmallfleetError) -> None:
+        """One line in the gateway's log for a request it failed, redacted like its trace.
+
+        A refusal of the client's own request (4xx) at DEBUG; an upstream failure or
+        another 5xx at WARNING.
+        """
+        level = logging.WARNING if e.status_code >= 500 or isinstance(e, FALLBACK_ERRORS) else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        message = e.message
+        redactor = self.recorder.redactor
+        if redactor is not None:  # the log's own redaction may be off (another log record factory)
+            message = redactor.redact_text(message)
+        model = rec.model_served or rec.model_requested or "-"
+        log.log(
+            level,
+            "Trace %s failed: %d %s (model %s, route %s): %s",
+            rec.id,
+            e.status_code,
+            e.code or e.error_type,
+            model,
+            rec.route,
+            message,
+        )
 
     def _finish(self, rec: TraceRecord, state: _State, t0: float) -> None:
         latency = state.latency if state.latency is not None else time.perf_counter() - t0

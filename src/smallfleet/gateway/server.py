@@ -46,13 +46,22 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8787, **kw: An
     )
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "info") -> None:
+def serve(
+    app: Any, host: str, port: int, log_level: str = "info", tune: bool = True, offload: bool = False
+) -> None:
     """Serve in the foreground until SIGTERM / SIGINT, then shut down gracefully and return.
 
     uvicorn re-raises the signal after its graceful shutdown (so the process dies
     of it); we return instead, so the caller can report and exit with status 0.
+    ``tune``: the process serves this app alone, so tune it for the tail latency
+    (:meth:`Gateway.tune_for_serving`: ``gc.freeze``, and with
+    ``offload`` redaction in a child process); False is the untuned baseline of
+    ``benchmarks/gateway_overhead.py``.
     """
     import uvicorn
+
+    if tune and hasattr(app, "tune_for_serving"):
+        app.tune_for_serving(offload=offload)
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -66,8 +66,6 @@ __all__ = [
 #: The built-in detector kinds.
 KINDS = ("secret", "email", "iban", "card", "ip", "phone", "ssn")
 
-_DIGIT = re.compile(r"\d")
-
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum of a string of digits."""
@@ -201,30 +199,63 @@ def _ssn_field(name: str) -> bool:
     return "ssn" in parts or ("social", "security") in itertools.pairwise(parts)
 
 
+#: A cheap test that a text may hold a detector's match: the text and its lower-case form
+#: (None when lower-casing is not faithful to the regex's case-insensitive match).
+_Precheck = Callable[[str, "str | None"], bool]
+
+
 @dataclass(frozen=True)
 class _Detector:
     kind: str
     label: str  # the placeholder's name: EMAIL → <EMAIL_n>
     regex: re.Pattern[str]
-    precheck: Callable[[str], bool]
+    #: Must hold wherever ``regex`` matches (it is only a shortcut past texts it cannot match):
+    #: substrings, or small regexes that start with a literal or a character class, which the
+    #: regex engine skips through in C instead of trying the detector at every position.
+    precheck: _Precheck
     validate: Callable[[str], bool] | None = None
     normalise: Callable[[str], str] = str
+    #: Digits a text holds at least wherever ``validate`` accepts a match (checked before ``precheck``).
+    min_digits: int = 0
 
 
-def _has(*needles: str) -> Callable[[str], bool]:
-    return lambda s: any(n in s for n in needles)
+def _has(needle: str) -> _Precheck:
+    return lambda s, low: needle in s
 
 
-def _has_ci(*needles: str) -> Callable[[str], bool]:
-    def check(s: str) -> bool:
-        low = s.lower()  # once, not once a needle
-        return any(n in low for n in needles)
-
-    return check
+def _has_ci(*needles: str) -> _Precheck:
+    return lambda s, low: low is None or any(n in low for n in needles)
 
 
-def _has_digit(s: str) -> bool:
-    return _DIGIT.search(s) is not None
+def _finds(*triggers: str, ci: bool = False) -> _Precheck:
+    """True when one of the ``triggers`` (regexes) is found; ``ci``: in the lower-cased text."""
+    compiled = [re.compile(t) for t in triggers]
+    if ci:
+        return lambda s, low: low is None or any(rx.search(low) is not None for rx in compiled)
+    return lambda s, low: any(rx.search(s) is not None for rx in compiled)
+
+
+#: Characters that a case-insensitive regex matches to an ASCII letter and ``str.lower`` does not
+#: turn into that letter alone (İ ı ſ K): in a text with one, case-insensitive prechecks pass.
+_UNFAITHFUL_LOWER = re.compile("[\u0130\u0131\u017f\u212a]")
+
+
+_DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = b"0123456789"
+
+
+def _lower(text: str) -> str | None:
+    if text.isascii() or _UNFAITHFUL_LOWER.search(text) is None:
+        return text.lower()
+    return None
+
+
+def _count_digits(text: str) -> int:
+    r"""What ``\d`` matches in ``text``: ASCII digits, and other scripts' digits."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ASCII_DIGITS))
+    return len(_DIGIT.findall(text))
 
 
 def _digits_only(s: str) -> str:
@@ -238,6 +269,14 @@ _SECRET_KEYWORDS = (
 )
 #: An HTTP auth scheme before the credential: ``Authorization: Basic dXNlcjpwYXNz``.
 _SCHEME = r"(?:basic|bearer|digest|token)"
+
+_GITHUB = re.compile(r"gh[pousr]_")
+_NINE_DIGITS = re.compile(r"\d{9}")
+_SSN_WORDS = _has_ci("ssn", "social")
+_KEYWORD_THEN_SIGN = _finds(
+    r"(?:key|secret|token|passw(?:or)?d|passphrase|pwd|authorization|credentials?)\\*[\"']?\s*[:=]", ci=True
+)
+_IPV6_COLONS = re.compile(r":[0-9A-Fa-f]{0,4}:")
 
 _BUILTIN: list[_Detector] = [
     _Detector(
@@ -264,7 +303,17 @@ _BUILTIN: list[_Detector] = [
             r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
             r")(?![\w-])"
         ),
-        _has("sk-", "AKIA", "ASIA", "gh", "github_pat_", "xox", "AIza", "eyJ"),
+        # Not "gh" alone: English is full of it (through, right).
+        lambda s, low: (
+            "sk-" in s
+            or "AKIA" in s
+            or "ASIA" in s
+            or "github_pat_" in s
+            or "xox" in s
+            or "AIza" in s
+            or "eyJ" in s
+            or ("gh" in s and _GITHUB.search(s) is not None)
+        ),
     ),
     _Detector(
         "secret",
@@ -297,7 +346,8 @@ _BUILTIN: list[_Detector] = [
             # unquoted, 6 characters or more: api_key=…, Authorization: Basic …
             rf"|\\*[\"']?(?:{_SCHEME}\s+)?(?P<bare>(?!<[A-Z])(?!{_SCHEME}\s)[^\s\"',;\\<>]{{6,}}))"
         ),
-        _has_ci("key", "secret", "token", "passw", "pwd", "auth", "cred"),
+        # A keyword's last word, then what has to follow it: `key` alone is in most prose.
+        lambda s, low: ("=" in s or ":" in s) and _KEYWORD_THEN_SIGN(s, low),
     ),
     _Detector(
         "email",
@@ -312,9 +362,10 @@ _BUILTIN: list[_Detector] = [
         "ssn",
         "SSN",
         re.compile(r"(?<![\w+-])\d{3}([- ])\d{2}\1\d{4}(?![\w+-]|\.\d)"),
-        _has_digit,
+        _finds(r"\d{3}([- ])\d{2}\1\d{4}"),
         ssn_valid,
         _digits_only,
+        min_digits=9,
     ),
     _Detector(  # nine digits in a row only after a keyword: "SSN: 123456789"
         "ssn",
@@ -323,24 +374,27 @@ _BUILTIN: list[_Detector] = [
             r"(?i)\b(?:ssn|social[\s_-]*security(?:[\s_-]*(?:number|num|no))?)\b"
             r"\W{0,8}(?:(?:is|was|of)\W{1,3})?(?P<value>\d{9})(?!\d)"
         ),
-        _has_ci("ssn", "social"),
+        lambda s, low: _SSN_WORDS(s, low) and _NINE_DIGITS.search(s) is not None,
         ssn_valid,
+        min_digits=9,
     ),
     _Detector(
         "iban",
         "IBAN",
         re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
-        _has_digit,
+        _finds(r"[A-Z]{2}\d{2}"),
         iban_valid,
         lambda s: s.replace(" ", "").upper(),
+        min_digits=2,
     ),
     _Detector(
         "card",
         "CARD",
         re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w+-])"),
-        _has_digit,
+        _finds(r"\d(?:[ -]?\d){12}"),
         _card_ok,
         _digits_only,
+        min_digits=13,
     ),
     _Detector(
         "ip",
@@ -349,7 +403,7 @@ _BUILTIN: list[_Detector] = [
             r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:|\d{1,3}(?:\.\d{1,3}){3})?"
             r"(?:%[\w.]+)?(?![\w:])"
         ),
-        lambda s: s.count(":") >= 2,
+        lambda s, low: s.count(":") >= 2 and _IPV6_COLONS.search(s) is not None,
         _ipv6_ok,
         str.lower,
     ),
@@ -359,8 +413,9 @@ _BUILTIN: list[_Detector] = [
         re.compile(
             r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
         ),
-        _has_digit,
+        _finds(r"\d\.\d{1,3}\.\d{1,3}\.\d"),
         _ipv4_ok,
+        min_digits=4,
     ),
     _Detector(
         "phone",
@@ -373,9 +428,11 @@ _BUILTIN: list[_Detector] = [
             r"|0\d{1,4}(?: \d{2,4}){2,4}"  # national with spaces: 020 7946 0958, 06 12 34 56 78
             r")(?![\w+-]|\.\d)"
         ),
-        _has_digit,
+        # One per alternative: +4…, (415), 415-555 or 415.555, 020 7946 09.
+        _finds(r"\+\d|\(\d{3}\)", r"\d\d\d[.-]\d{3}", r"0\d{1,4} \d{2,4} \d\d"),
         _phone_ok,
         lambda s: re.sub(r"[^\d+]", "", s),
+        min_digits=8,
     ),
 ]
 
@@ -385,13 +442,15 @@ _LABEL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 class _Session:
     """Placeholders of one trace: the same value gets the same placeholder."""
 
-    __slots__ = ("counts", "seen")
+    __slots__ = ("counts", "replaced", "seen")
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], str] = {}
         self.counts: dict[str, int] = {}
+        self.replaced = 0  # values replaced so far (a value seen before counts again)
 
     def placeholder(self, label: str, value: str) -> str:
+        self.replaced += 1
         key = (label, value)
         ph = self.seen.get(key)
         if ph is None:
@@ -420,6 +479,9 @@ class Redactor:
         self._detectors += [d for d in _BUILTIN if d.kind in kinds]
         self._secret_fields = "secret" in kinds
         self._ssn_fields = "ssn" in kinds
+        #: Short strings found clean (keys, roles, model names): a set, not a cache of answers, so
+        #: nothing redacted is kept. Cleared when full; a race between threads only costs a scan.
+        self._clean: set[str] = set()
 
     @staticmethod
     def _user_detector(name: str, pattern: str) -> _Detector:
@@ -432,7 +494,7 @@ class Redactor:
             rx = re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"redaction.patterns.{name}: not a valid regular expression: {e}") from None
-        return _Detector("user", label, rx, lambda s: True)
+        return _Detector("user", label, rx, lambda s, low: True)
 
     # -------------------------------------------------------------- public API
 
@@ -517,11 +579,19 @@ class Redactor:
         return self._text(text, s)
 
     def _text(self, text: str, s: _Session) -> str:
-        if len(text) < 6:
+        if len(text) < 6 or text in self._clean:
             return text
+        original, replaced = text, s.replaced
+        low, digits = _lower(text), _count_digits(text)
         for d in self._detectors:
-            if d.precheck(text):
-                text = self._sub(d, text, s)
+            if digits >= d.min_digits and d.precheck(text, low):
+                red = self._sub(d, text, s)
+                if red != text:  # later detectors look at what is left, as they always did
+                    text, low, digits = red, _lower(red), _count_digits(red)
+        if text is original and s.replaced == replaced and len(text) <= _CLEAN_MAX_CHARS:
+            if len(self._clean) >= _CLEAN_MAX_STRINGS:
+                self._clean.clear()
+            self._clean.add(text)
         return text
 
     def _sub(self, d: _Detector, text: str, s: _Session) -> str:
@@ -554,6 +624,9 @@ class Redactor:
 
 
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+#: Strings up to this long that were found clean are remembered (and this many at most).
+_CLEAN_MAX_CHARS = 256
+_CLEAN_MAX_STRINGS = 4096
 #: Shorter matches tried when a match fails its check (a card is at most three short groups too long).
 _SHORTER_TRIES = 8
 #: Failed matches of one detector in one text that are tried again shorter and later.
