@@ -181,7 +181,6 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args["threads"])
-    from smallfleet.encoders import unseen
     from smallfleet.evals.evaluate import evaluate
     from smallfleet.specialists.base import specialist_class
 
@@ -202,6 +201,7 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         kw["pack"] = None
     if variant == "joint":  # ... with every layer reading queries and text together (before 2026-11-26)
         kw.update(separate_layers=0, query_slots=False)
+    kw["dtype"] = args["dtype"]
     spec = cls(**kw)
     rss_before = _peak_rss_mb()
     t, c = time.perf_counter(), time.process_time()
@@ -216,6 +216,28 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     )
 
     requests = [ex.request for ex in test]
+    timed = _time_predictions(spec, requests, args)
+    by_dtype = _compare_dtypes(spec, requests, args) if args["dtypes"] else {}
+    return {
+        "kind": name,
+        "n_train": len(train),
+        "train_s": round(train_s, 1),
+        "train_cpu_s": round(train_cpu, 1),
+        "accuracy": round(report.accuracy, 3),
+        "majority_accuracy": round(majority_acc, 3),
+        "coverage_at_95": (report.coverage or {}).get("0.95"),
+        **timed,
+        "by_dtype": by_dtype,
+        "load_average": round(os.getloadavg()[0], 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 0),
+        "rss_before_training_mb": round(rss_before, 0),
+    }
+
+
+def _time_predictions(spec: Any, requests: list[Any], args: dict[str, Any]) -> dict[str, float]:
+    """Single-request p50/p99 and batched throughput (wall and CPU) of ``spec`` on ``requests``."""
+    from smallfleet.encoders import unseen
+
     spec.predict(requests[:8])  # warm-up
     singles, singles_cpu = [], []
     # every request as if never seen: no message embedding reused from evaluate() or a repeat
@@ -232,22 +254,38 @@ def measure_kind(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     rps = len(batch) / (time.perf_counter() - t)
     rps_cpu = len(batch) / (time.process_time() - c)
     return {
-        "kind": name,
-        "n_train": len(train),
-        "train_s": round(train_s, 1),
-        "train_cpu_s": round(train_cpu, 1),
-        "accuracy": round(report.accuracy, 3),
-        "majority_accuracy": round(majority_acc, 3),
-        "coverage_at_95": (report.coverage or {}).get("0.95"),
         "p50_ms": round(statistics.median(singles), 2),
         "p99_ms": round(_percentile(singles, 0.99), 2),
         "batched_rps": round(rps, 1),
         "requests_per_cpu_s": round(rps_cpu, 1),
         "p50_cpu_ms": round(statistics.median(singles_cpu), 2),
-        "load_average": round(os.getloadavg()[0], 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 0),
-        "rss_before_training_mb": round(rss_before, 0),
     }
+
+
+def _compare_dtypes(spec: Any, requests: list[Any], args: dict[str, Any]) -> dict[str, Any]:
+    """The trained ``spec`` saved once (float32 weights) and loaded in each of ``--dtypes``:
+    speed, and how often its answers are the same as in the first dtype (the reference)."""
+    import tempfile
+    from pathlib import Path
+
+    from smallfleet.specialists.base import load_specialist
+
+    out: dict[str, Any] = {}
+    reference: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = spec.save(Path(tmp) / "spec")
+        meta_file = folder / "specialist.json"
+        for dtype in args["dtypes"].split(","):
+            meta = json.loads(meta_file.read_text())
+            meta["params"]["dtype"] = dtype
+            meta_file.write_text(json.dumps(meta))
+            loaded = load_specialist(folder)
+            preds = loaded.predict(requests)
+            answers = [json.dumps(p.response.message.to_dict(), sort_keys=True) for p in preds]
+            reference = reference or answers
+            same = sum(a == b for a, b in zip(answers, reference, strict=True)) / len(answers)
+            out[dtype] = {"agreement": round(same, 4), **_time_predictions(loaded, requests, args)}
+    return out
 
 
 def measure_upstream(n: int) -> dict[str, float]:
@@ -291,6 +329,13 @@ def main() -> None:
     ap.add_argument(
         "--num-layers", type=int, default=0, help="classifier: keep only the first N encoder layers"
     )
+    ap.add_argument(
+        "--dtypes",
+        default="",
+        help="also load each trained specialist in these dtypes (e.g. float32,int8,auto): speed, "
+        "and answers agreeing with the first one",
+    )
+    ap.add_argument("--dtype", default="auto", help="what the specialists are built with (default auto)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = vars(ap.parse_args())
 
@@ -332,6 +377,12 @@ def main() -> None:
             f"{r['peak_rss_mb']:.0f}",
         )
     console.print(table)
+    for r in results:
+        for dtype, d in r.get("by_dtype", {}).items():
+            console.print(
+                f"  {r['kind']} loaded as {dtype}: agreement {d['agreement']:.2%}, p50 {d['p50_ms']:.1f} ms, "
+                f"batched {d['batched_rps']:.0f} req/s ({d['requests_per_cpu_s']:.0f} per CPU s)"
+            )
     console.print(
         f"baseline, loopback round trip to an instant upstream: p50 {base['p50_ms']:.2f} ms, "
         f"p99 {base['p99_ms']:.2f} ms"

@@ -223,9 +223,12 @@ class FlywheelConfig(_Section):
     encoder: str | None = Field(
         None, description="Encoder id or path; the bundled all-MiniLM-L6-v2 when unset."
     )
-    encoder_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    encoder_dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto",
-        description="What embeddings are computed in: auto = bfloat16 where the CPU computes it natively.",
+        description=(
+            "What embeddings are computed in: auto = bfloat16 where the CPU computes it natively, "
+            "int8 on other x86 CPUs with AVX2, else float32."
+        ),
     )
 
 

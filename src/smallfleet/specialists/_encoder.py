@@ -58,24 +58,11 @@ def request_text_pair(request: ChatRequest) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def progress(description: str, total: int, enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar (``advance(n)`` on what it yields); silent when not enabled."""
-    if not enabled:
+    """A progress bar (``advance(n)`` on what it yields); silent when not enabled. On a terminal a
+    rich bar; otherwise a log line every 15 s (:mod:`smallfleet._progress`)."""
+    from smallfleet._progress import Progress
 
-        class _Quiet:
-            def advance(self, n: int = 1) -> None:
-                pass
-
-        yield _Quiet()
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
+    with Progress(enabled, transient=True) as bar:
         task = bar.add_task(description, total=total)
 
         class _Bar:
@@ -209,9 +196,18 @@ class EncoderBackbone:
         return self.pool(out.last_hidden_state, enc["attention_mask"]).float()
 
     def to_dtype(self, dtype: str) -> None:
-        """Cast the encoder for inference (``float32`` or ``bfloat16``); train in float32."""
+        """Make the encoder what inference computes in (``float32``, ``bfloat16`` or ``int8``,
+        see :func:`smallfleet.encoders.inference_dtype`); train in float32 before this.
+
+        int8 replaces the linear layers (:func:`smallfleet.encoders.quantize_int8`), so the
+        trainable layers' float32 weights must be taken (:meth:`top_state_dict`) first."""
         import torch
 
+        if dtype == "int8":
+            from smallfleet.encoders import quantize_int8
+
+            quantize_int8(self.model)
+            return
         self.model.to(getattr(torch, dtype))
 
     def train_mode(self, on: bool) -> None:

@@ -27,9 +27,12 @@ every request), the text's once per request whatever is asked of it, and only th
 upper layers read ``queries [SEP] text`` together. On the demo's tool calls the queries
 are about 70% of a pack's tokens, so this is where most of the encoder's work went.
 
-**bfloat16.** Where the CPU computes bf16 natively (``dtype="auto"``: AMX, AVX512-BF16),
+**bfloat16, int8.** Where the CPU computes bf16 natively (``dtype="auto"``: AMX, AVX512-BF16),
 training computes in bf16 with float32 weights (autocast), and answers come from a bf16
-copy of the encoder, the heads staying in float32. The saved weights are always float32.
+copy of the encoder, the heads staying in float32. Elsewhere on x86 (``auto`` = ``int8``)
+training computes in float32 and answers come from a copy whose linear layers are int8
+(:func:`smallfleet.encoders.quantize_int8`). The saved weights are always float32: the
+bf16 or int8 copy is made at the first answer after loading or fitting.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfleet._extras import require
-from smallfleet.encoders import inference_dtype
+from smallfleet.encoders import inference_dtype, quantize_int8
 from smallfleet.specialists._encoder import run_layers
 
 __all__ = ["ChoiceItem", "EncoderEngine", "Span", "SpanItem", "SpanResult"]
@@ -129,8 +132,8 @@ class EncoderEngine:
         self.max_length = max_length
         self.pack = pack  # the most decisions one pass answers (None: all that fit; 1: one per pass)
         self.train_layers = train_layers
-        self.dtype = inference_dtype(dtype)  # what the encoder computes in (weights stay float32)
-        self._infer_backbone: Any = None  # the encoder cast to ``dtype``, made at the first answer
+        self.dtype = inference_dtype(dtype)  # what the encoder answers in (weights stay float32)
+        self._infer_backbone: Any = None  # the encoder in ``dtype``, made at the first answer
         path = _path or self.base
         transformers.utils.logging.disable_progress_bar()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
@@ -182,7 +185,11 @@ class EncoderEngine:
             return bb
         if self._infer_backbone is None:
             torch = require("torch", "local")
-            self._infer_backbone = copy.deepcopy(bb).to(getattr(torch, self.dtype)).eval()
+            infer = copy.deepcopy(bb)
+            if self.dtype == "int8":
+                self._infer_backbone = quantize_int8(infer)
+            else:
+                self._infer_backbone = infer.to(getattr(torch, self.dtype)).eval()
             self._query_states = {}  # states cached by the other copy
         return self._infer_backbone
 
