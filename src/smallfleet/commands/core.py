@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from smallfleet.commands._common import console, settings
+from smallfleet.commands._common import console, fail, settings
 
 
 def init(
@@ -17,8 +17,7 @@ def init(
     from smallfleet.config import EXAMPLE_CONFIG
 
     if path.exists() and not force:
-        console(stderr=True).print(f"{path} exists; use --force to overwrite it.")
-        raise typer.Exit(1)
+        fail(f"{path} exists; use --force to overwrite it.")
     path.write_text(EXAMPLE_CONFIG)
     console().print(f"Wrote {path}. Edit the models section, then try: smallfleet models")
 

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from smallfleet.commands._common import console
 
+if TYPE_CHECKING:
+    from smallfleet.demo.run import DemoResult
+
 #: The demo's promises are made at 50% confidence, not the product's 95%: its simulated teacher
 #: is wrong on about 2% of calls, so kept answers plateau near 97-98%, and a task type's 200-550
 #: held-out answers cannot certify 95% at 95% confidence (docs/demo-workload.md).
 DEMO_CONFIDENCE = 0.5
+#: The workload the demo's figures in the README and docs are measured on.
+DEMO_CALLS = 10_000
 
 
 def demo(
     workdir: Path = typer.Option(
         Path("smallfleet-demo"), "--workdir", help="Where the store, specialists and report go."
     ),
-    calls: int = typer.Option(10_000, "--calls", min=200, help="How many large-model calls to simulate."),
+    calls: int = typer.Option(
+        DEMO_CALLS,
+        "--calls",
+        min=200,
+        help="How many large-model calls to simulate. Fewer is quicker, and fewer task types reach "
+        "the target with the confidence asked for, so fewer calls are served small.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulated workload."),
     target_accuracy: float = typer.Option(
         0.95, "--target-accuracy", help="Accuracy the kept answers must reach."
@@ -31,7 +43,12 @@ def demo(
         help="How sure a promotion must be that the kept answers reach the target (flywheel.confidence).",
     ),
 ) -> None:
-    """Simulate a week of a support agent's LLM calls, distil specialists, replay, and show the difference."""
+    """Simulate a week of a support agent's LLM calls, distil specialists, replay, and show the difference.
+
+    The simulated week is dated to end where the replay begins, and the replay (stored as
+    traces, served small or escalated) ends now: `smallfleet stats --since 24h` and the
+    dashboard show it with store.url set to sqlite:///WORKDIR/smallfleet.db.
+    """
     from rich.table import Table
 
     from smallfleet.demo.run import run_demo
@@ -70,7 +87,37 @@ def demo(
     )
     if r.escalations:
         out.print("  stayed large:        " + ", ".join(f"{k} {v}" for k, v in sorted(r.escalations.items())))
-    out.print(f"\nReport: {r.report}   (took {r.seconds:.0f} s)")
+    _explain(r, calls, target_accuracy, confidence)
+    db = Path(r.workdir) / "smallfleet.db"
+    out.print(f"\nReport: {r.report}   (took {r.seconds:.0f} s)", highlight=False)
+    out.print(
+        f"Traces: {db} (the week, then the replay ending now). Look at them with\n"
+        f"  SMALLFLEET_STORE__URL=sqlite:///{db} smallfleet stats --since 24h --by route",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _explain(r: DemoResult, calls: int, target: float, confidence: float) -> None:
+    """Why fewer calls were served small than in the README, and why a task type got no route."""
+    out = console()
+    if calls < DEMO_CALLS:
+        out.print(
+            f"\n{calls:,} calls is a smaller workload than the demo's {DEMO_CALLS:,} (the figures in the "
+            "README): each task type has fewer examples to learn from and fewer held-out answers to "
+            f"prove its accuracy with, and a route is promoted only where its kept answers reach "
+            f"{target:.0%} with {confidence:.0%} confidence. So fewer task types are promoted, at lower "
+            "coverage, and fewer calls are served small.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if r.not_promoted:
+        title = "Nothing was promoted" if not r.routes else "Not promoted"
+        out.print(f"\n{title}:", highlight=False)
+        for name, why in r.not_promoted:
+            out.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
+    if r.hint:
+        out.print(f"  → {r.hint}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

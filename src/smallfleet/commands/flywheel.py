@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
-from smallfleet.commands._common import console, settings
+from smallfleet.commands._common import console, existing_store, fail, settings, store_label
 
 flywheel_app = typer.Typer(help="Turn recorded traffic into promoted specialists.", no_args_is_help=True)
 
@@ -31,12 +32,15 @@ def run(
     ),
     out: Path = typer.Option(Path("report.html"), "--report", help="Where to write the HTML report."),
 ) -> None:
-    """Curate, cluster, select, train, evaluate and promote, on the traces in the store."""
+    """Curate, cluster, select, train, evaluate and promote, on the traces in the store.
+
+    Each task type needs at least min_examples clean calls (flywheel.min_examples, 100) to
+    get a specialist. With no traces at all, it exits with status 1 and says how to get some.
+    """
     from smallfleet._time import parse_since
     from smallfleet.flywheel.pipeline import FlywheelOptions, run_flywheel
     from smallfleet.report.html import write_report
     from smallfleet.routing.routes import parse_mode
-    from smallfleet.store.trace_store import TraceStore
 
     parse_mode(promote)
     s = settings()
@@ -51,18 +55,34 @@ def run(
         executor=executor,
         workers=workers,
     )
-    store = TraceStore(s.store.url)
+    store = existing_store()
+    found = 0 if store is None else store.count_traces(workload=opts.workload, since=opts.since)
+    if not found:
+        _no_traces(s.store.url, workload, since, opts.min_examples)
+    assert store is not None
     result = run_flywheel(store, opts)
     html, js = write_report(result.to_dict(), out)
     print_summary(result.to_dict())
     console().print(f"\nReport: {html} (numbers: {js})")
 
 
+def _no_traces(url: str, workload: str | None, since: str | None, min_examples: int) -> NoReturn:
+    which = " ".join(
+        x for x in (f"of workload {workload!r}" if workload else "", f"since {since}" if since else "") if x
+    )
+    fail(
+        f"no traces {which + ' ' if which else ''}in {store_label(url)}, so nothing to learn from. "
+        "Record some by pointing your agent's OpenAI client at `smallfleet gateway`, or import logged "
+        "calls with `smallfleet traces import FILE.jsonl` (or try the whole loop: `smallfleet demo`). "
+        f"Each task type needs at least {min_examples} calls (flywheel.min_examples) to get a specialist."
+    )
+
+
 def print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     """The terminal table of a flywheel run."""
     from rich.table import Table
 
-    table = Table(title=f"flywheel run {summary.get('run_id', '')}")
+    table = Table(title=f"flywheel run {summary.get('run_id', '')}", caption="task type: its route's name")
     for col in (
         "task type",
         "calls",
@@ -81,7 +101,7 @@ def print_summary(summary: dict) -> None:  # type: ignore[type-arg]
             cand = c["candidates"][0]
         test = (cand or {}).get("test") or {}
         table.add_row(
-            c["name"][:40],
+            c.get("key") or c["name"][:40],
             str(c["size"]),
             f"{c.get('share_calls', 0):.1%}",
             c.get("shape", ""),
@@ -95,6 +115,18 @@ def print_summary(summary: dict) -> None:  # type: ignore[type-arg]
     cur = summary.get("curation") or {}
     dropped = ", ".join(f"{k} {v}" for k, v in (cur.get("dropped") or {}).items()) or "nothing"
     console().print(f"curation: kept {cur.get('kept', 0)} of {cur.get('total', 0)}; dropped: {dropped}")
+    from smallfleet.report.outcomes import not_promoted_reasons, nothing_promoted_hint
+
+    hint = nothing_promoted_hint(summary)
+    reasons = not_promoted_reasons(summary)
+    if reasons:
+        console().print("not promoted:" if hint is None else "[bold]nothing promoted[/]:", highlight=False)
+        for name, why in reasons[:12]:
+            console().print(f"  {name}: {why}", highlight=False, soft_wrap=True)
+        if len(reasons) > 12:
+            console().print(f"  … and {len(reasons) - 12} more (see the report)", highlight=False)
+    if hint is not None:
+        console().print(f"why: {hint}", highlight=False, soft_wrap=True)
     p = summary.get("projection") or {}
     if p:
         console().print(
@@ -110,12 +142,11 @@ def report(
     """Write the report of the latest flywheel run (HTML with plots, and the same numbers as JSON)."""
     from smallfleet.flywheel.pipeline import latest_summary
     from smallfleet.report.html import write_report
-    from smallfleet.store.trace_store import TraceStore
 
-    summary = latest_summary(TraceStore(settings().store.url))
+    store = existing_store()
+    summary = None if store is None else latest_summary(store)
     if summary is None:
-        console().print("No flywheel run yet: smallfleet flywheel run")
-        raise typer.Exit(1)
+        fail(f"no flywheel run in {store_label(settings().store.url)} yet: run `smallfleet flywheel run`.")
     html, js = write_report(summary, out)
     print_summary(summary)
     console().print(f"\nReport: {html} (numbers: {js})")

@@ -1,4 +1,4 @@
-"""``smallfleet routes list | show | set-mode | rollback``."""
+"""``smallfleet routes list | show | set-mode | rollback | rename``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from smallfleet.commands._common import console, settings
+from smallfleet.commands._common import console, existing_store, fail, settings, store_label
 
 if TYPE_CHECKING:
     from smallfleet.routing.routes import Route, RouteStore
@@ -17,11 +17,26 @@ routes_app = typer.Typer(
 )
 
 
-def _store() -> RouteStore:
+def _store(missing_ok: bool = False) -> RouteStore | None:
+    """The routes of the configured store, never creating it: None (``missing_ok``) or an error
+    where it does not exist."""
     from smallfleet.routing.routes import RouteStore
-    from smallfleet.store.trace_store import TraceStore
 
-    return RouteStore(TraceStore(settings().store.url).engine)
+    store = existing_store()
+    if store is not None:
+        return RouteStore(store.engine)
+    if missing_ok:
+        return None
+    fail(
+        f"no trace store at {store_label(settings().store.url)}, so no routes: "
+        "run `smallfleet flywheel run` on recorded traffic first (or point store.url at your store)."
+    )
+
+
+def _routes() -> RouteStore:
+    store = _store()
+    assert store is not None
+    return store
 
 
 @dataclass(frozen=True)
@@ -117,9 +132,11 @@ def list_routes(
     """
     from rich.table import Table
 
-    store = _store()
-    rows = store.active() if not all_versions else [v for r in store.active() for v in store.versions(r.name)]
-    if not rows:
+    store = _store(missing_ok=True)
+    rows = [] if store is None else store.active()
+    if store is not None and all_versions:
+        rows = [v for r in rows for v in store.versions(r.name)]
+    if store is None or not rows:
         console().print("No routes yet. Run the flywheel to promote specialists: smallfleet flywheel run")
         return
     table = Table(title="routes")
@@ -171,7 +188,7 @@ def show(name: str = typer.Argument(help="Route name.")) -> None:
     """
     import json
 
-    store = _store()
+    store = _routes()
     route = store.get(name)
     console().print(
         f"[bold]{route.name}[/] v{route.version} mode={route.mode} kind={route.kind} "
@@ -216,7 +233,7 @@ def set_mode(
     actor: str = typer.Option("cli", "--as", help="Who is making the change (recorded)."),
 ) -> None:
     """Change the mode of a route's active version."""
-    route = _store().set_mode(name, mode, actor=actor)
+    route = _routes().set_mode(name, mode, actor=actor)
     console().print(f"{route.name} v{route.version} is now {route.mode}")
 
 
@@ -226,8 +243,35 @@ def rollback(
     actor: str = typer.Option("cli", "--as", help="Who is making the change (recorded)."),
 ) -> None:
     """Re-activate the version before the active one."""
-    route = _store().rollback(name, actor=actor)
+    route = _routes().rollback(name, actor=actor)
     console().print(f"{route.name} is back on v{route.version} ({route.mode})")
+
+
+#: A route name: what can be read aloud and typed in a shell without quotes.
+_NAME = r"[a-z0-9][a-z0-9._-]{0,199}"
+
+
+@routes_app.command("rename")
+def rename(
+    old: str = typer.Argument(help="The route's current name."),
+    new: str = typer.Argument(help="Its new name: lower-case letters, digits, '-', '_' or '.'."),
+    actor: str = typer.Option("cli", "--as", help="Who is making the change (recorded)."),
+) -> None:
+    """Rename a route, every version and its history; refused where NEW is taken.
+
+    The gateway serves it under the new name once it reloads its routes, and the flywheel
+    keeps the name in later runs (it names a task type after the route that claims its traffic).
+    """
+    import re
+
+    from smallfleet.commands._routes import rename_route
+
+    if not re.fullmatch(_NAME, new):
+        fail(f"{new!r} is not a route name: use lower-case letters, digits, '-', '_' or '.' (e.g. refund).")
+    versions = rename_route(_routes(), old, new, actor=actor)
+    console().print(
+        f"renamed {old} → {new} ({versions} version{'s' if versions != 1 else ''})", highlight=False
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from smallfleet.commands._common import console, settings
+from smallfleet.commands._common import console, fail, settings
 
 
 def stats(
@@ -22,8 +22,7 @@ def stats(
     from smallfleet.store.trace_store import STATS_GROUPS
 
     if by not in STATS_GROUPS:
-        console(stderr=True).print(f"--by must be one of: {', '.join(STATS_GROUPS)}", highlight=False)
-        raise typer.Exit(2)
+        fail(f"--by must be one of: {', '.join(STATS_GROUPS)}", code=2)
     start = parse_since(since)
     s = settings()
     store = TraceStore(s.store.url, create=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from smallfleet.commands._common import console, settings
+from smallfleet.commands._common import console, fail, settings, store_label
 
 traces_app = typer.Typer(
     help="Import, export, list and show recorded traces.", no_args_is_help=True, rich_markup_mode=None
@@ -100,7 +100,9 @@ def import_(
     out = console()
     again = f" ({imported - added} were already stored)" if added < imported else ""
     out.print(
-        f"Imported {added} new trace(s) from {file} into {store}{again}.", highlight=False, soft_wrap=True
+        f"Imported {added} new trace(s) from {file} into {store_label(store.url)}{again}.",
+        highlight=False,
+        soft_wrap=True,
     )
     if unknown_request:
         out.print(
@@ -117,7 +119,7 @@ def import_(
         if len(bad) > show_bad:
             err.print(f"  … and {len(bad) - show_bad} more", highlight=False, soft_wrap=True)
         if imported == 0:
-            raise typer.Exit(1)
+            fail(f"nothing imported from {file}: every line was bad (above).")
 
 
 @traces_app.command("export")
@@ -179,10 +181,7 @@ def show(trace_id: str = typer.Argument(..., help="The trace id (x-smallfleet-tr
     try:
         rec = store.get_trace(trace_id.strip())
         if rec is None:
-            console(stderr=True).print(
-                f"No trace with id {trace_id!r} in {store}.", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(1)
+            fail(f"no trace with id {trace_id!r} in {store_label(store.url)}.")
         data = record_to_line(rec)
         fb = store.get_feedback(rec.id)
         if fb:

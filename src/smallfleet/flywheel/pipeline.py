@@ -22,7 +22,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,24 +243,22 @@ def to_example(rec: TraceRecord) -> Example | None:
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    """One row per stage and per task type being trained: rich bars on a terminal, a log line
+    every 15 s otherwise (:mod:`smallfleet._progress`)."""
+    from smallfleet._progress import Progress
 
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=False,
-    )
+    return Progress(enabled)
+
+
+def _stage_reporter(progress: Any, task: int, stage: str) -> Any:
+    """An ``on_progress(step, done, total)`` callback that shows ``step`` on ``stage``'s row."""
+    names = {"filter": "filter failures and duplicates", "near_duplicates": "find near-duplicates"}
+
+    def report(step: str, done: int, total: int) -> None:
+        what = names.get(step, step.replace("_", " "))
+        progress.update(task, description=f"{stage}: {what}", completed=done, total=max(total, 1))
+
+    return report
 
 
 # ---------------------------------------------------------------- training (one candidate)
@@ -440,11 +438,16 @@ def _evaluate_candidate(
     return spec
 
 
-def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
+def train_and_evaluate(
+    job: dict[str, Any], report: Callable[[str, int], None] | None = None
+) -> list[CandidateResult]:
     """Train a task type's candidates, cheapest first, and score each; stop at the first that
     passes (with Ray: train them all at once and score them all). A top-level function, so a
-    worker process can run it: ``job`` is what :meth:`Flywheel._cluster_job` built."""
+    worker process can run it: ``job`` is what :meth:`Flywheel._cluster_job` built.
+    ``report(what, candidates_done)`` is told what runs (for the task type's progress row)."""
     from smallfleet.encoders import remember_embeddings, set_dtype
+
+    say = report or (lambda what, done: None)
 
     opts: FlywheelOptions = job["options"]
     set_dtype(opts.encoder_dtype)
@@ -456,6 +459,8 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
     batches = [list(range(len(jobs)))] if opts.executor == "ray" else [[i] for i in range(len(jobs))]
     done: list[CandidateResult] = []
     for batch in batches:
+        kinds = ", ".join(jobs[i]["kind"] for i in batch)
+        say(f"training {kinds} on {len(jobs[batch[0]]['train']):,} examples", len(done))
         outcomes = _run_training([jobs[i] for i in batch], opts.executor)
         passed = False
         for i, outcome in zip(batch, outcomes, strict=True):
@@ -465,6 +470,7 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
                 cand.reason = f"training failed: {outcome}"
                 continue
             cand.path, cand.train_seconds = outcome["path"], outcome["train_seconds"]
+            say(f"evaluating {cand.kind} on {len(val) + len(test):,} held-out answers", len(done) - 1)
             try:
                 _evaluate_candidate(cand, val, test, job["shape"], opts)
             except Exception as e:
@@ -477,11 +483,21 @@ def train_and_evaluate(job: dict[str, Any]) -> list[CandidateResult]:
     return done
 
 
-def _worker_job(job: dict[str, Any]) -> tuple[list[CandidateResult], float | None]:
+#: In a worker process: the queue its progress goes to (set by :func:`_init_worker`).
+_PROGRESS_QUEUE: Any = None
+
+
+def _worker_job(job: dict[str, Any], index: int = 0) -> tuple[list[CandidateResult], float | None]:
     """:func:`train_and_evaluate` in a worker process, with the worker's peak memory (MB):
     ``VmHWM``, its peak since it was exec'd (``ru_maxrss`` would count the parent's pages the
-    spawning fork shared before its exec)."""
-    return train_and_evaluate(job), _status_mb("VmHWM")
+    spawning fork shared before its exec). What runs goes to the parent's progress queue."""
+    queue = _PROGRESS_QUEUE
+
+    def report(what: str, done: int) -> None:
+        if queue is not None:
+            queue.put((index, what, done))
+
+    return train_and_evaluate(job, report), _status_mb("VmHWM")
 
 
 def _status_mb(field: str, path: str = "/proc/self/status") -> float | None:
@@ -554,12 +570,15 @@ def default_workers() -> int:
     return max(1, min(4, _cpu_count()))
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, progress_queue: Any = None) -> None:
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from smallfleet._progress import quiet_third_party
+
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = progress_queue
     torch.set_num_threads(threads)
-    hf_logging.disable_progress_bar()  # the parent's progress bars own the terminal
+    quiet_third_party()  # the parent's progress bars own the terminal
 
 
 def _old_route_on(route: Route, test: Sequence[Example], shape: str) -> dict[str, Any] | None:
@@ -577,6 +596,40 @@ def _old_route_on(route: Route, test: Sequence[Example], shape: str) -> dict[str
 # ---------------------------------------------------------------- the run
 
 
+class _TaskRows:
+    """The progress rows of the task types being trained, one each, under the stage's row."""
+
+    def __init__(self, progress: Any, clusters: Sequence[ClusterResult], stage: int) -> None:
+        self.progress, self.stage = progress, stage
+        self.names = [c.key for c in clusters]
+        self.ids = [
+            progress.add_task(f"  {c.key} ({c.n_train:,} examples): waiting", total=1, start=False)
+            for c in clusters
+        ]
+        self._started: set[int] = set()
+
+    def reporter(self, i: int) -> Callable[[str, int], None]:
+        def report(what: str, done: int) -> None:
+            self.progress.update(self.ids[i], description=f"  {self.names[i]}: {what}")
+            if i not in self._started:
+                self._started.add(i)
+                self.progress.start_task(self.ids[i])
+
+        return report
+
+    def done(self, i: int, candidates: Sequence[CandidateResult]) -> None:
+        passed = next((c for c in candidates if c.reason is None and c.path), None)
+        if passed is not None:
+            cov = (passed.test or {}).get("coverage") or 0.0
+            outcome = f"{passed.kind} passed, keeps {cov:.0%} of its answers"
+        else:
+            outcome = f"no candidate passed ({len(candidates)} tried)"
+        if i not in self._started:  # trained where it reported nothing (a worker that died)
+            self.reporter(i)("trained", 0)
+        self.progress.update(self.ids[i], description=f"  {self.names[i]}: {outcome}", completed=1)
+        self.progress.advance(self.stage)
+
+
 class Flywheel:
     """One run of the flywheel over a store's traces."""
 
@@ -589,10 +642,13 @@ class Flywheel:
         self._active_matcher: Any = None
 
     def run(self) -> FlywheelRun:
+        from smallfleet._progress import quiet_third_party
         from smallfleet.encoders import set_dtype
 
         opts = self.opts
         set_dtype(opts.encoder_dtype)
+        if opts.progress:
+            quiet_third_party()  # model-loading bars would tear through ours
         run = FlywheelRun(
             run_id=uuid.uuid4().hex[:12],
             started_at=time.time(),
@@ -661,10 +717,11 @@ class Flywheel:
     def _curate(self, records: list[TraceRecord], progress: Any) -> Any:
         from smallfleet.flywheel.curate import curate
 
-        task = progress.add_task("curate", total=1)
+        task = progress.add_task("curate", total=max(len(records), 1))
         feedback = self._feedback_scores()
-        curated = curate(records, feedback=feedback, encoder=self.opts.encoder)
-        progress.update(task, completed=1)
+        report = _stage_reporter(progress, task, "curate")
+        curated = curate(records, feedback=feedback, encoder=self.opts.encoder, on_progress=report)
+        progress.update(task, description="curate", completed=1, total=1)
         return curated
 
     def _feedback_scores(self) -> dict[str, float]:
@@ -679,9 +736,10 @@ class Flywheel:
     def _cluster(self, kept: list[TraceRecord], progress: Any) -> Any:
         from smallfleet.flywheel.cluster import cluster_records
 
-        task = progress.add_task("cluster", total=1)
-        clustering = cluster_records(kept, encoder=self.opts.encoder)
-        progress.update(task, completed=1)
+        task = progress.add_task("cluster", total=max(len(kept), 1))
+        report = _stage_reporter(progress, task, "cluster")
+        clustering = cluster_records(kept, encoder=self.opts.encoder, on_progress=report)
+        progress.update(task, description="cluster", completed=1, total=1)
         return clustering
 
     def _per_cluster(
@@ -714,7 +772,9 @@ class Flywheel:
         )
         self._results = run.clusters
         self._matchers = build_matchers([r.request or {} for r in kept], clustering)
-        task = progress.add_task("select, train, evaluate", total=len(by_cluster))
+        task = progress.add_task(
+            f"select, train, evaluate {len(by_cluster)} task types", total=len(by_cluster)
+        )
         budget = Budget(cpu_only=self.opts.cpu_only, gpu_memory_gb=self.opts.gpu_memory_gb)
         pending: list[tuple[dict[str, Any], ClusterResult, Any, dict[str, list[Example]], Route | None]] = []
         for label, recs in sorted(by_cluster.items(), key=lambda kv: -len(kv[1])):
@@ -732,7 +792,7 @@ class Flywheel:
             train = examples["train"] = examples["train"][-cap:]
             shape = getattr(profile, "shape", "text") if profile else "text"
             cost = sum(r.cost_usd or 0.0 for r in recs)
-            key = self._route_name(info, recs, active)
+            key = self._route_name(info, recs, active, getattr(profile, "labels", None) or [])
             cres = ClusterResult(
                 key=key,
                 name=info.name,
@@ -764,13 +824,24 @@ class Flywheel:
         if len(jobs) > 1:
             _release_memory()  # what this process dropped is free for the workers (and measured)
         run.workers = self._workers(jobs)
-        outcomes = self._execute(run, jobs, lambda: progress.advance(task))
+        # one row per task type to train: waiting, then what runs (training, evaluating), then its outcome
+        rows = _TaskRows(progress, [p[1] for p in pending], task)
+        outcomes = self._execute(run, jobs, rows)
+        promoting = progress.add_task("promote", total=max(len(pending), 1))
         for (_, cres, info, examples, serving), cands in zip(pending, outcomes, strict=True):
             cres.candidates.extend(cands)
+            progress.update(promoting, description=f"promote: {cres.key}")
             self._promote(run, cres, info, examples, serving)
+            progress.advance(promoting)
+        progress.update(promoting, description="promote", completed=max(len(pending), 1))
 
-    def _route_name(self, info: Any, recs: list[TraceRecord], active: dict[str, Route]) -> str:
-        """A stable name: the active route whose matcher claims most of this cluster, else a new slug."""
+    def _route_name(
+        self, info: Any, recs: list[TraceRecord], active: dict[str, Route], labels: Sequence[str] = ()
+    ) -> str:
+        """A stable name: the active route whose matcher claims most of this cluster, else a name
+        that says what the task type does (:func:`~smallfleet.flywheel.naming.route_name`)."""
+        from smallfleet.flywheel.naming import route_name, workload_of
+
         sample = [r.request for r in recs[:50] if r.request]
         if sample and self._active_matcher is not None:
             votes = Counter(self._active_matcher.match_dict(r) for r in sample)
@@ -780,7 +851,14 @@ class Flywheel:
                 if hits / len(sample) >= 0.6:
                     return name
         taken = {c.key for c in self._results}
-        base = _slug(info.name)
+        base = route_name(
+            info.shape,
+            sample,
+            formats=info.formats,
+            labels=labels,
+            keywords=info.keywords,
+            workload=self.opts.workload or workload_of([r.workload for r in recs]),
+        )
         name, i = base, 2
         while name in taken or (name in active and active[name].matcher):
             name, i = f"{base}-{i}", i + 1
@@ -877,19 +955,20 @@ class Flywheel:
         )
 
     def _execute(
-        self, run: FlywheelRun, jobs: list[dict[str, Any]], done: Any
+        self, run: FlywheelRun, jobs: list[dict[str, Any]], rows: _TaskRows
     ) -> list[list[CandidateResult]]:
         """Run the task types' training jobs, in ``run.workers`` processes when more than one
-        (each with its share of the CPU threads); ``done()`` after each."""
+        (each with its share of the CPU threads); each job's progress row says what runs."""
         workers = run.workers
         if workers == 1:
             out = []
-            for job in jobs:
-                out.append(train_and_evaluate(job))
-                done()
+            for i, job in enumerate(jobs):
+                out.append(train_and_evaluate(job, rows.reporter(i)))
+                rows.done(i, out[-1])
             return out
         import concurrent.futures as cf
         import multiprocessing as mp
+        import queue as queue_mod
 
         from smallfleet.encoders import cached_embeddings
 
@@ -899,19 +978,36 @@ class Flywheel:
         # callers' selector uses them) instead of computing them again
         for job in jobs:
             job["embeddings"] = cached_embeddings(job.pop("messages"))
-        # spawned, not forked: a fork of a process whose OpenMP threads have run can hang
-        with cf.ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads,)) as pool:
-            futures = {pool.submit(_worker_job, job): i for i, job in enumerate(jobs)}
-            for fut in cf.as_completed(futures):
-                i = futures[fut]
+        ctx = mp.get_context(
+            "spawn"
+        )  # spawned, not forked: a fork of a process whose OpenMP threads have run can hang
+        said = ctx.Queue()  # what each worker's job is doing, for its progress row
+
+        def drain() -> None:
+            while True:
                 try:
-                    results[i], peak = fut.result()
-                    if peak is not None:
-                        run.worker_peak_rss_mb = max(run.worker_peak_rss_mb or 0.0, peak)
-                except Exception as e:  # a worker that died (out of memory, say): train here instead
-                    log.warning("a training worker failed (%s); training %s in-process", e, i)
-                    results[i] = train_and_evaluate(jobs[i])
-                done()
+                    i, what, n = said.get_nowait()
+                except (queue_mod.Empty, OSError, ValueError):
+                    return
+                rows.reporter(i)(what, n)
+
+        with cf.ProcessPoolExecutor(workers, ctx, _init_worker, (threads, said)) as pool:
+            futures = {pool.submit(_worker_job, job, i): i for i, job in enumerate(jobs)}
+            waiting = set(futures)
+            while waiting:
+                finished, waiting = cf.wait(waiting, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                drain()
+                for fut in finished:
+                    i = futures[fut]
+                    try:
+                        results[i], peak = fut.result()
+                        if peak is not None:
+                            run.worker_peak_rss_mb = max(run.worker_peak_rss_mb or 0.0, peak)
+                    except Exception as e:  # a worker that died (out of memory, say): train here instead
+                        log.warning("a training worker failed (%s); training %s in-process", e, i)
+                        results[i] = train_and_evaluate(jobs[i], rows.reporter(i))
+                    rows.done(i, results[i] or [])
+        said.close()
         return [r or [] for r in results]
 
     def _promote(
@@ -1147,13 +1243,6 @@ def _jsonable(obj: Any) -> Any:
     elif hasattr(obj, "__dataclass_fields__"):
         obj = asdict(obj)
     return json.loads(json.dumps(obj, default=str))
-
-
-def _slug(name: str) -> str:
-    import re
-
-    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return s[:60] or "task"
 
 
 def run_flywheel(store: TraceStore, options: FlywheelOptions) -> FlywheelRun:

@@ -6,6 +6,8 @@ also stored in ``flywheel_runs.summary``) and draws:
 - traffic, cost and latency by task cluster;
 - for each cluster, its candidates' scores and coverage curves with the chosen threshold;
 - the projected share of traffic served small, and cost and latency saved per month;
+- where the summary has a ``replay`` (the demo's), what serving the held-out traffic through
+  the routes measured, beside the projection;
 - what curation dropped, and why.
 """
 
@@ -102,6 +104,24 @@ def _traffic_section(s: dict[str, Any]) -> str:
     return f'<section id="traffic"><h2>Traffic by task type</h2><div class="charts">{"".join(charts)}</div>{table}</section>'
 
 
+def _base_model(cand: dict[str, Any]) -> str:
+    """The model a candidate was trained from: None means the specialist's default, the bundled encoder."""
+    if cand.get("base_model"):
+        return str(cand["base_model"])
+    if cand.get("kind") == "generator":
+        return "–"
+    from smallfleet.encoders import DEFAULT_ENCODER_ID
+
+    return DEFAULT_ENCODER_ID.rsplit("/", 1)[-1] + " (default)"
+
+
+def _accuracy_floor(accuracies: list[float], target: float | None) -> float:
+    """Where a coverage curve's accuracy axis starts: a round value at least 10 points below the
+    target and the curve's bulk, at most 50%, so 90-100% gets most of the chart's height."""
+    low = min([*accuracies, *([target - 0.1] if target else [])], default=0.0)
+    return max(0.5, min(0.9, int(low * 20) / 20))
+
+
 def _candidate_rows(c: dict[str, Any]) -> str:
     rows = []
     for cand in c.get("candidates", []):
@@ -110,7 +130,7 @@ def _candidate_rows(c: dict[str, Any]) -> str:
         thr = cand.get("threshold")
         thr_txt = "–" if thr is None else f"{thr:.3f}"
         rows.append(
-            f"<tr><td>{_e(cand.get('kind'))}</td><td>{_e(cand.get('base_model') or '')}</td>"
+            f"<tr><td>{_e(cand.get('kind'))}</td><td>{_e(_base_model(cand))}</td>"
             f"<td>{_pct(test.get('accuracy'))}</td><td>{thr_txt}</td>"
             f"<td>{_pct(test.get('kept_accuracy'))}</td><td>{_pct(test.get('coverage'))}</td>"
             f"<td>{_ms(cand.get('latency_p50_ms'))}</td><td>{cand.get('train_seconds', 0):.1f} s</td>"
@@ -140,6 +160,7 @@ def _clusters_section(s: dict[str, Any]) -> str:
                     "coverage": [(cand.get("test") or {}).get("coverage") or 0 for cand in cands],
                 },
                 title="Candidates on the test split",
+                unit="share",
                 width=420,
             )
         ]
@@ -158,12 +179,18 @@ def _clusters_section(s: dict[str, Any]) -> str:
                     test["coverage"],
                     test.get("kept_accuracy") or 0,
                 )
+            # the floor follows most of the curve: its tail at full coverage may run along the axis
+            bulk = sorted(p["accuracy"] for p in curve if p.get("accuracy") is not None)
             charts.append(
                 line_chart(
                     xs,
                     ys,
                     title=f"Coverage curve: {cand['kind']}",
-                    x_label="coverage",
+                    x_label="coverage (share of answers kept)",
+                    unit="share",
+                    x_min=0.0,
+                    x_max=1.0,
+                    y_min=_accuracy_floor(bulk[len(bulk) // 4 :], target),
                     y_max=1.0,
                     markers=markers,
                 )
@@ -173,7 +200,20 @@ def _clusters_section(s: dict[str, Any]) -> str:
             f"<div class='charts'>{''.join(charts)}</div>{_candidate_rows(c)}"
         )
     body = "".join(parts) or "<p class='muted'>No task type had enough examples to train a specialist.</p>"
+    body += _why_not_promoted(s)
     return f'<section id="candidates"><h2>Specialists by task type</h2>{body}</section>'
+
+
+def _why_not_promoted(s: dict[str, Any]) -> str:
+    from smallfleet.report.outcomes import not_promoted_reasons, nothing_promoted_hint
+
+    reasons = not_promoted_reasons(s)
+    if not reasons:
+        return ""
+    rows = "".join(f"<tr><td>{_e(name)}</td><td>{_e(why)}</td></tr>" for name, why in reasons)
+    hint = nothing_promoted_hint(s)
+    tip = f"<p><b>Nothing was promoted:</b> {_e(hint)}</p>" if hint else ""
+    return f"<h3>Not promoted</h3>{tip}<table><tr><th>task type</th><th>why</th></tr>{rows}</table>"
 
 
 def _projection_section(s: dict[str, Any]) -> str:
@@ -214,6 +254,31 @@ def _projection_section(s: dict[str, Any]) -> str:
     return f'<section id="projection"><h2>Projection</h2><div class="kpis">{kpis}</div>{note}<div class="charts">{"".join(charts)}</div></section>'
 
 
+def _replay_section(s: dict[str, Any]) -> str:
+    """What the demo measured by serving held-out traffic through the routes (its console headline)."""
+    r = s.get("replay") or {}
+    if not r:
+        return ""
+    before, after = r.get("cost_before_usd") or 0.0, r.get("cost_after_usd") or 0.0
+    saved = 1 - after / before if before else 0.0
+    lat_b, lat_a = r.get("latency_p50_before_ms"), r.get("latency_p50_after_ms")
+    kpis = "".join(
+        [
+            _kpi(_pct(r.get("share_small")), f"of {r.get('calls', 0):,} replayed calls served small"),
+            _kpi(_pct(r.get("agreement")), "agreement with the large model on those"),
+            _kpi(f"{saved:.0%}", f"cost: {_usd(before)} → {_usd(after)}"),
+            _kpi(_ms(lat_a), f"median latency (was {_ms(lat_b)})"),
+        ]
+    )
+    stayed = ", ".join(f"{_e(k)} {v:,}" for k, v in sorted((r.get("escalations") or {}).items()))
+    note = (
+        "<p class='muted'>Measured, not projected: the newest held-out calls were sent through the "
+        "router; the specialists answered theirs live on this CPU, and calls that stayed on the large "
+        "model were answered from the recording." + (f" Stayed large: {stayed}." if stayed else "") + "</p>"
+    )
+    return f'<section id="replay"><h2>Replay</h2><div class="kpis">{kpis}</div>{note}</section>'
+
+
 def _curation_section(s: dict[str, Any]) -> str:
     cur = s.get("curation") or {}
     dropped = cur.get("dropped") or {}
@@ -249,6 +314,7 @@ def render_report(summary: dict[str, Any]) -> str:
     body = "".join(
         [
             f'<section id="summary"><h2>Summary</h2><div class="kpis">{kpis}</div></section>',
+            _replay_section(s),
             _projection_section(s),
             _traffic_section(s),
             _clusters_section(s),
