@@ -43,6 +43,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+import smallfleet
+
 console = Console()
 
 TARGET_TRAIN_S = 120.0
@@ -314,6 +316,7 @@ def measure_upstream(n: int) -> dict[str, float]:
 
 
 def main() -> None:
+    smallfleet.configure_process()  # as the `smallfleet` command does: oneDNN's kernel cache capped
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--kinds",

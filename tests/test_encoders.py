@@ -81,13 +81,13 @@ def test_unseen_texts_are_embedded_afresh_and_not_kept_others_are_cached(monkeyp
 def test_texts_embedded_one_at_a_time_are_kept_in_a_small_bounded_cache(monkeypatch):
     """A long-running router embeds one message per request: those are kept for the request
     (its specialist reads them) within a small bound, not in the curation-sized cache."""
-    monkeypatch.setattr(encoders, "_RECENT_MAX", 3)
+    monkeypatch.setattr(encoders, "_CACHE", encoders.EmbeddingCache(single_max=3))
     seen = _calls(monkeypatch)
     for i in range(5):
         embed_one(f"request number {i}")
         embed_cached([f"request number {i}"])  # the specialist's read: a hit
     assert sum(seen) == 5
-    assert len(encoders._RECENT) == 3 and not encoders._CACHE
+    assert encoders._CACHE.sizes() == (0, 3)  # three kept one at a time, none batched
     embed_cached(["request number 4"])
     embed_cached(["request number 0"])  # evicted: embedded again
     assert sum(seen) == 6

@@ -63,8 +63,10 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     """Entry point: run the CLI, turning smallfleet's own errors into one clear line."""
+    from smallfleet._runtime import configure_process
     from smallfleet.errors import SmallfleetError
 
+    configure_process()  # this process is smallfleet's own: before any command runs torch
     try:
         app()
     except SmallfleetError as e:

@@ -5,7 +5,8 @@ package, which carries the weights, so nothing is downloaded); without that
 package, the Hugging Face id ``sentence-transformers/all-MiniLM-L6-v2``.
 
 :func:`embed_cached` and :func:`embed_one` share an in-process cache of text embeddings
-(bounded; texts embedded one at a time are kept in a small part of their own), so a text is
+(an :class:`EmbeddingCache`: bounded, least recently used evicted first, safe between threads;
+texts embedded one at a time are kept in a small part of their own), so a text is
 embedded once however many parts ask: curation and clustering
 (the same request texts), a tool caller's selector (the user's message), and, on the
 router's path, the cluster matcher and the specialist it picks for the same request.
@@ -23,7 +24,9 @@ import contextlib
 import functools
 import os
 import platform
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ENCODER_ID",
     "DTYPES",
+    "EmbeddingCache",
     "auto_dtype",
     "cached_embeddings",
     "clear_embedding_cache",
@@ -238,16 +242,88 @@ def embed(
     return out.astype(np.float32, copy=False)  # sentence-transformers gives bfloat16 as float32
 
 
-# Texts embedded in batches (curation, clustering, evaluation: they come back in later
-# stages), and texts embedded one at a time (the online path: a request's message, wanted
-# again within the same request and rarely after), each bounded, oldest evicted first.
-_CACHE: dict[tuple[str, str], Any] = {}
-_CACHE_MAX = 200_000  # about 350 MB of 384-d vectors and their texts at most
-_RECENT: dict[tuple[str, str], Any] = {}
-_RECENT_MAX = 4096  # about 7 MB: what a long-running router keeps
+class EmbeddingCache:
+    """Text embeddings kept per ``(encoder, text)``, safe to share between threads.
+
+    Two parts, each bounded, the least recently used evicted first: texts embedded in
+    batches (curation, clustering, evaluation: they come back in later stages), and texts
+    embedded one at a time (the online path: a request's message, wanted again within the
+    same request and rarely after). Texts inside an :meth:`unseen` block are neither
+    served nor kept.
+    """
+
+    def __init__(self, batch_max: int = 200_000, single_max: int = 4096) -> None:
+        self.batch_max = batch_max  # about 350 MB of 384-d vectors and their texts at most
+        self.single_max = single_max  # about 7 MB: what a long-running router keeps
+        self._lock = threading.Lock()
+        self._batch: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._single: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._unseen: list[set[str]] = []  # the texts of the active `unseen()` blocks
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._batch) + len(self._single)
+
+    def sizes(self) -> tuple[int, int]:
+        """How many embeddings each part holds: ``(batched, single)``."""
+        with self._lock:
+            return len(self._batch), len(self._single)
+
+    def get(self, encoder: str, text: str) -> Any:
+        """The kept embedding of ``text`` under ``encoder``, or None."""
+        key = (encoder, text)
+        with self._lock:
+            if self._unseen and self._is_unseen(text):
+                return None
+            for part in (self._batch, self._single):
+                found = part.get(key)
+                if found is not None:
+                    part.move_to_end(key)
+                    return found
+        return None
+
+    def put(self, encoder: str, items: Mapping[str, Any], batch: bool = True) -> None:
+        """Keep ``items`` (text → embedding) under ``encoder``, in the batched or the single part."""
+        with self._lock:
+            part, limit = (self._batch, self.batch_max) if batch else (self._single, self.single_max)
+            for text, vec in items.items():
+                if self._unseen and self._is_unseen(text):
+                    continue
+                key = (encoder, text)
+                part[key] = vec
+                part.move_to_end(key)
+                while len(part) > limit:
+                    part.popitem(last=False)
+
+    def entries(self, texts: Iterable[str]) -> dict[tuple[str, str], Any]:
+        """The kept embeddings of ``texts``, under every encoder."""
+        wanted = set(texts)
+        with self._lock:
+            return {k: v for part in (self._batch, self._single) for k, v in part.items() if k[1] in wanted}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._batch.clear()
+            self._single.clear()
+
+    @contextlib.contextmanager
+    def unseen(self, texts: Iterable[str]) -> Iterator[None]:
+        """Within the block, ``texts`` are neither served from the cache nor kept."""
+        block = set(texts)
+        with self._lock:
+            self._unseen.append(block)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._unseen.remove(block)
+
+    def _is_unseen(self, text: str) -> bool:
+        return any(text in block for block in self._unseen)
 
 
-_UNSEEN: list[set[str]] = []  # the texts of the active `unseen()` blocks
+#: The process's embeddings, shared by everything that embeds (see the module docs).
+_CACHE = EmbeddingCache()
 
 
 @contextlib.contextmanager
@@ -255,15 +331,8 @@ def unseen(texts: Iterable[str]) -> Iterator[None]:
     """Within the block, ``texts`` are embedded afresh every time and never kept; other texts
     (a tool set's descriptions) are cached as usual. To time requests as if they had never
     been seen, when the same process embedded them before (in a batch evaluation, say)."""
-    _UNSEEN.append(set(texts))
-    try:
+    with _CACHE.unseen(texts):
         yield
-    finally:
-        _UNSEEN.pop()
-
-
-def _is_unseen(text: str) -> bool:
-    return any(text in block for block in _UNSEEN)
 
 
 def _key(encoder: str | None) -> str:
@@ -273,13 +342,11 @@ def _key(encoder: str | None) -> str:
 def clear_embedding_cache() -> None:
     """Forget the embeddings :func:`embed_cached` and :func:`embed_one` kept (to measure, to free memory)."""
     _CACHE.clear()
-    _RECENT.clear()
 
 
 def cached_embeddings(texts: Iterable[str]) -> dict[tuple[str, str], Any]:
     """The kept embeddings of ``texts`` (under every encoder), to hand to another process."""
-    wanted = set(texts)
-    return {k: v for cache in (_CACHE, _RECENT) for k, v in cache.items() if k[1] in wanted}
+    return _CACHE.entries(texts)
 
 
 def remember_embeddings(entries: dict[tuple[str, str], Any]) -> None:
@@ -288,24 +355,7 @@ def remember_embeddings(entries: dict[tuple[str, str], Any]) -> None:
     for (enc, text), vec in entries.items():
         by_encoder.setdefault(enc, {})[text] = vec
     for enc, items in by_encoder.items():
-        _keep(enc, items)
-
-
-def _get(encoder: str, text: str) -> Any:
-    if _UNSEEN and _is_unseen(text):
-        return None
-    found = _CACHE.get((encoder, text))
-    return _RECENT.get((encoder, text)) if found is None else found
-
-
-def _keep(encoder: str, items: dict[str, Any], batch: bool = True) -> None:
-    cache, limit = (_CACHE, _CACHE_MAX) if batch else (_RECENT, _RECENT_MAX)
-    for t, v in items.items():
-        if _UNSEEN and _is_unseen(t):
-            continue
-        if len(cache) >= limit:
-            del cache[next(iter(cache))]  # oldest first
-        cache[(encoder, t)] = v
+        _CACHE.put(enc, items)
 
 
 def embed_cached(
@@ -322,7 +372,7 @@ def embed_cached(
 
     enc = _key(encoder)
     unique = dict.fromkeys(texts)
-    found = {t: v for t in unique if (v := _get(enc, t)) is not None}
+    found = {t: v for t in unique if (v := _CACHE.get(enc, t)) is not None}
     todo = [t for t in unique if t not in found]
     fresh: dict[str, Any] = {}
     step = max(batch_size * 4, 1)
@@ -333,7 +383,7 @@ def embed_cached(
             fresh[t] = v
         if on_batch:
             on_batch(len(part))
-    _keep(enc, fresh, batch=len(todo) > 1)
+    _CACHE.put(enc, fresh, batch=len(todo) > 1)
     if not texts:
         return embed([], enc)
     return np.stack([fresh[t] if t in fresh else found[t] for t in texts])
@@ -343,11 +393,11 @@ def embed_one(text: str, encoder: str | None = None) -> np.ndarray:
     """One text's embedding from the shared cache, or computed without batching overhead
     (the online path: a few ms on a CPU) and kept."""
     enc = _key(encoder)
-    cached = _get(enc, text)
+    cached = _CACHE.get(enc, text)
     if cached is not None:
         return cached
     vec = _embed_single(text, enc)
-    _keep(enc, {text: vec}, batch=False)
+    _CACHE.put(enc, {text: vec}, batch=False)
     return vec
 
 

@@ -11,7 +11,8 @@ model carries what the far side said::
      │    │    └── UnsupportedMediaType  a body that is not UTF-8 JSON → 415
      │    ├── Forbidden          a Host, Origin or key that may not do this → 403
      │    ├── ModelNotFound      an unknown model alias ("did you mean …") → 404
-     │    └── ExtraNotInstalled  an optional dependency is missing (names the extra)
+     │    ├── ExtraNotInstalled  an optional dependency is missing (names the extra)
+     │    └── BadLine            a line of a traces file that cannot be imported (says why)
      ├── ModelError             a model failed to answer
      │    ├── UpstreamError      the endpoint answered with an error, or nonsense (status, body)
      │    │    └── UpstreamRejected  a 4xx (not 408/429): the client's own error, passed through as is
@@ -19,15 +20,20 @@ model carries what the far side said::
      │    ├── RateLimited        the endpoint said 429 after every retry (retry_after)
      │    └── OutputInvalid      the model's output did not parse or validate
      ├── BudgetExceeded         a key's spending limit is used up → 429
-     └── Unavailable            a part the gateway needs (the budget ledger's database) is down → 503
+     ├── Unavailable            a part the gateway needs (the budget ledger's database) is down → 503
+     └── PluginError            an installed plugin's entry point does not load (names its distribution)
 
 Each error knows the HTTP status and the OpenAI-style error ``type`` the gateway
 answers with, so the mapping lives in one place.
+
+Private control-flow signals that never leave the module raising them (an agent run's
+``_Stop``, the HTTP backend's ``_Retry``) are not errors, and stay beside their code.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BadLine",
     "BudgetExceeded",
     "ConfigError",
     "ExtraNotInstalled",
@@ -36,6 +42,7 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "OutputInvalid",
+    "PluginError",
     "RateLimited",
     "RequestInvalid",
     "SmallfleetError",
@@ -152,6 +159,11 @@ class ExtraNotInstalled(UserError, ImportError):
         )
 
 
+class BadLine(UserError):
+    """A line of a traces file (``smallfleet traces import``) that cannot be imported; the
+    message says why. Raised by :mod:`smallfleet.store.jsonl`, which re-exports it."""
+
+
 class ModelError(SmallfleetError):
     """A model failed to produce an answer."""
 
@@ -253,3 +265,10 @@ class Unavailable(SmallfleetError):
     status_code = 503
     error_type = "server_error"
     code = "service_unavailable"
+
+
+class PluginError(SmallfleetError):
+    """An installed plugin (an entry point another distribution declares) does not load, or
+    is not what its group expects; the message names the entry point and its distribution."""
+
+    error_type = "configuration_error"

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smallfleet.errors import UserError
+from smallfleet.errors import Forbidden  # a valid key that may not do this (not admin, a bad CSRF token)
 from smallfleet.gateway.auth import Unauthorized
 
 if TYPE_CHECKING:
@@ -70,13 +70,6 @@ LOGIN_COOKIE = "sf_login"
 SESSION_SECONDS = 12 * 3600
 _OPEN = "-"  # the key tag of a session issued while keys are off
 _VERSION = "v1"
-
-
-class Forbidden(UserError):
-    """A valid key that may not do this (not an admin key, or a bad CSRF token) → 403."""
-
-    status_code = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

@@ -571,6 +571,9 @@ def default_workers() -> int:
 
 
 def _init_worker(threads: int, progress_queue: Any = None) -> None:
+    from smallfleet._runtime import configure_process
+
+    configure_process()  # a worker is smallfleet's own process; before torch builds a kernel
     import torch
 
     from smallfleet._progress import quiet_third_party

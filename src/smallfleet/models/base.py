@@ -7,6 +7,7 @@ as class flags rather than being told apart with ``isinstance``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
 from smallfleet.types import ChatChunk, ChatRequest, ChatResponse, response_to_chunks
@@ -14,12 +15,13 @@ from smallfleet.types import ChatChunk, ChatRequest, ChatResponse, response_to_c
 __all__ = ["ChatModel"]
 
 
-class ChatModel:
+class ChatModel(ABC):
     """Something that answers chat requests.
 
-    Subclasses implement :meth:`complete`; :meth:`stream` defaults to cutting the
-    complete response into chunks, which is right for models that cannot stream
-    token by token (specialists answer in milliseconds anyway).
+    Subclasses implement :meth:`complete` (abstract: a class without it cannot be
+    instantiated); :meth:`stream` defaults to cutting the complete response into chunks,
+    which is right for models that cannot stream token by token (specialists answer in
+    milliseconds anyway).
     """
 
     #: The model streams tokens as they are produced.
@@ -32,8 +34,9 @@ class ChatModel:
     #: The name the model reports in responses.
     name: str = "model"
 
+    @abstractmethod
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        raise NotImplementedError  # the one method a backend must implement
+        """The answer to ``request``: the one method a backend must implement."""
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         response = await self.complete(request)
@@ -41,7 +44,7 @@ class ChatModel:
         for chunk in response_to_chunks(response, include_usage=include_usage):
             yield chunk
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a hook: most models hold nothing to release
         """Release connections or memory held by the model."""
 
     def capabilities(self) -> dict[str, bool]:

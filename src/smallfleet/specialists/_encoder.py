@@ -135,15 +135,6 @@ class EncoderBackbone:
             return self.tokenizer(list(texts), list(pairs), **kw)
         return self.tokenizer(list(texts), **kw)
 
-    def lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
-        """Token counts (after truncation), to sort batches by length and report usage."""
-        kw: dict[str, Any] = dict(truncation=True, max_length=self.max_length)
-        if pairs is not None and any(pairs):
-            enc = self.tokenizer(list(texts), list(pairs), **kw)
-        else:
-            enc = self.tokenizer(list(texts), **kw)
-        return [len(ids) for ids in enc["input_ids"]]
-
     @staticmethod
     def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean of the token states where ``mask`` is 1."""

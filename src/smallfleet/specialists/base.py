@@ -14,16 +14,20 @@ router, the agent runtime and ``evaluate`` use it like any other model.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import functools
 import hashlib
 import importlib
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from smallfleet.errors import UserError
+from smallfleet.errors import PluginError, UserError
 from smallfleet.models.base import ChatModel
 from smallfleet.types import ChatRequest, ChatResponse
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from smallfleet.config import Settings, SpecialistModelConfig
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "KINDS",
     "Example",
     "Prediction",
@@ -38,16 +43,30 @@ __all__ = [
     "SpecialistChatModel",
     "SpecialistMeta",
     "data_hash",
+    "known_kinds",
+    "load_kind",
     "load_specialist",
+    "plugin_kinds",
+    "specialist_class",
 ]
 
-#: kind → "module:Class"
+#: The built-in kinds, kind → "module:Class"; they come first, a plugin cannot replace one.
 KINDS: dict[str, str] = {
     "classifier": "smallfleet.specialists.classifier:Classifier",
     "extractor": "smallfleet.specialists.extractor:Extractor",
     "tool_caller": "smallfleet.specialists.tool_caller:ToolCaller",
     "generator": "smallfleet.specialists.generator:Generator",
 }
+
+#: The entry point group through which another distribution adds a specialist kind, in its
+#: ``pyproject.toml``::
+#:
+#:     [project.entry-points."smallfleet.specialist_kinds"]
+#:     regex = "my_package.regex:RegexSpecialist"
+#:
+#: The name is the kind (what ``specialist.json`` and ``--kind`` say); the object a
+#: :class:`Specialist` subclass. Read on the first lookup of a kind that is not built in.
+ENTRY_POINT_GROUP = "smallfleet.specialist_kinds"
 
 META_FILE = "specialist.json"
 
@@ -134,8 +153,14 @@ def data_hash(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-class Specialist:
-    """A small model for one task type. Subclasses implement fit, predict, save and load."""
+class Specialist(ABC):
+    """A small model for one task type.
+
+    Subclasses implement :meth:`predict` (abstract: a class without it cannot be
+    instantiated). A kind the flywheel trains and serves from a folder also implements
+    :meth:`fit`, :meth:`save` and :meth:`load`; a specialist that only answers (rules, a
+    scripted test double) may leave them, and they say so when called.
+    """
 
     kind: ClassVar[str] = ""
     #: whether ``fit`` learns from ``validation`` (calibration, model choice) rather than only
@@ -144,25 +169,70 @@ class Specialist:
     learns_from_validation: ClassVar[bool] = True
     meta: SpecialistMeta
 
-    def fit(self, examples: Sequence[Example], validation: Sequence[Example] | None = None) -> Specialist:
-        raise NotImplementedError
-
+    @abstractmethod
     def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
-        raise NotImplementedError
+        """One :class:`Prediction` per request, in order."""
+
+    def fit(self, examples: Sequence[Example], validation: Sequence[Example] | None = None) -> Specialist:
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained: it implements no fit().")
 
     def save(self, directory: str | Path) -> Path:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved: it implements no save().")
 
     @classmethod
     def load(cls, directory: str | Path) -> Specialist:
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded: it implements no load().")
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_kinds() -> dict[str, EntryPoint]:
+    """The kinds installed distributions add (group :data:`ENTRY_POINT_GROUP`), by name; a
+    name that is a built-in kind is left out (built-ins come first). Not loaded yet."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in KINDS:
+            found.setdefault(ep.name, ep)
+    return found
+
+
+def known_kinds() -> list[str]:
+    """Every kind :func:`specialist_class` knows: the built-ins, then the plugins'."""
+    return [*KINDS, *(k for k in plugin_kinds() if k not in KINDS)]
+
+
+def load_kind(ep: EntryPoint) -> type[Specialist]:
+    """The :class:`Specialist` subclass a plugin's entry point names, or a :class:`PluginError`
+    that names the entry point, its distribution and what went wrong."""
+    where = f"{ep.name} = {ep.value!r}"
+    dist = getattr(ep, "dist", None)
+    if dist is not None:
+        where += f" (from the {dist.name} distribution: upgrade or uninstall it)"
+    try:
+        obj = ep.load()
+    except Exception as e:
+        raise PluginError(
+            f"The specialist kind plugin {where} failed to load: {type(e).__name__}: {e}"
+        ) from e
+    if not (isinstance(obj, type) and issubclass(obj, Specialist)):
+        raise PluginError(
+            f"The specialist kind plugin {where} names {obj!r}, not a subclass of "
+            "smallfleet.specialists.Specialist."
+        )
+    return obj
 
 
 def specialist_class(kind: str) -> type[Specialist]:
-    if kind not in KINDS:
-        raise UserError(f"Unknown specialist kind {kind!r}; known kinds: {', '.join(KINDS)}.")
-    module, _, name = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The class of ``kind``: a built-in, else one an installed plugin adds (loaded now)."""
+    if kind in KINDS:
+        module, _, name = KINDS[kind].partition(":")
+        return getattr(importlib.import_module(module), name)
+    ep = plugin_kinds().get(kind)
+    if ep is None:
+        known = known_kinds()
+        close = difflib.get_close_matches(kind, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"Unknown specialist kind {kind!r}.{hint} Known kinds: {', '.join(known)}.")
+    return load_kind(ep)
 
 
 def load_specialist(directory: str | Path) -> Specialist:

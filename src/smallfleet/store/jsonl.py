@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from smallfleet.errors import SmallfleetError, UserError
+from smallfleet.errors import BadLine, SmallfleetError
 from smallfleet.store.records import TraceRecord
 
 __all__ = ["BadLine", "iter_import_file", "parse_line", "read_batch_input", "record_to_line"]
@@ -50,10 +50,6 @@ _CARRIED = (
     "confidence",
     "escalation",
 )
-
-
-class BadLine(UserError):
-    """A line that cannot be imported; the message says why."""
 
 
 def _stable_id(*parts: str) -> str:
