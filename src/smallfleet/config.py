@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smallfleet.errors import ConfigError
 
 __all__ = [
     "EXAMPLE_CONFIG",
+    "AnthropicModelConfig",
     "FlywheelConfig",
     "GatewayConfig",
     "GatewayKey",
@@ -40,6 +41,7 @@ __all__ = [
     "Settings",
     "SpecialistModelConfig",
     "StoreConfig",
+    "TelemetryConfig",
     "load_settings",
 ]
 
@@ -82,6 +84,15 @@ class OpenAIModelConfig(_ModelBase):
     price: Price | None = None
 
 
+class AnthropicModelConfig(OpenAIModelConfig):
+    """Anthropic's Messages API (Claude), or any endpoint that speaks it; the key goes in x-api-key."""
+
+    backend: Literal["anthropic"] = "anthropic"  # type: ignore[assignment]
+    base_url: str = "https://api.anthropic.com/v1"
+    anthropic_version: str = Field("2023-06-01", description="The anthropic-version header sent.")
+    max_tokens: int = Field(4096, ge=1, description="Sent when a request sets none: the API requires it.")
+
+
 class LocalModelConfig(_ModelBase):
     """A Hugging Face causal LM loaded in-process, with optional LoRA adapters."""
 
@@ -102,7 +113,8 @@ class SpecialistModelConfig(_ModelBase):
 
 
 ModelConfig = Annotated[
-    OpenAIModelConfig | LocalModelConfig | SpecialistModelConfig, Field(discriminator="backend")
+    OpenAIModelConfig | AnthropicModelConfig | LocalModelConfig | SpecialistModelConfig,
+    Field(discriminator="backend"),
 ]
 
 
@@ -232,6 +244,32 @@ class FlywheelConfig(_Section):
     )
 
 
+class TelemetryConfig(_Section):
+    """OpenTelemetry export of every recorded call (``pip install 'smallfleet[otel]'``)."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector URL, e.g. http://127.0.0.1:4318 (/v1/traces is added when "
+        "missing). Unset: nothing is exported.",
+    )
+    service_name: str = Field("smallfleet-gateway", min_length=1, description="The spans' service.name.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers of each export (e.g. authorization)."
+    )
+    export_content: bool = Field(
+        False, description="Add the redacted messages and answer to each span (gen_ai.*.messages)."
+    )
+    batch_delay_ms: int = Field(1000, ge=1, description="Spans are sent in batches at least this often.")
+    timeout_s: float = Field(5.0, gt=0, description="Seconds one export may take, retries included.")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL (an OTLP/HTTP collector)")
+        return v
+
+
 class Settings(_Section):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -240,6 +278,7 @@ class Settings(_Section):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     flywheel: FlywheelConfig = Field(default_factory=FlywheelConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     catalog: list[dict[str, Any]] = Field(default_factory=list, description="Extra specialist base models.")
 
     #: Where the settings were read from (None: embedded defaults).
@@ -285,7 +324,7 @@ def _explain(e: ValidationError, source: str) -> ConfigError:
     lines = []
     for err in e.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
-        if len(loc) >= 3 and loc[0] == "models" and loc[2] in ("openai", "local", "specialist"):
+        if len(loc) >= 3 and loc[0] == "models" and loc[2] in ("openai", "anthropic", "local", "specialist"):
             del loc[2]  # the backend tag pydantic adds, not a key
         key = ".".join(loc)
         if err["type"] == "extra_forbidden":
@@ -294,7 +333,7 @@ def _explain(e: ValidationError, source: str) -> ConfigError:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"unknown key {key!r}{hint}")
         elif err["type"] == "union_tag_not_found" and loc[:1] == ["models"]:
-            lines.append(f"{key}: missing 'backend' (openai, local or specialist)")
+            lines.append(f"{key}: missing 'backend' (openai, anthropic, local or specialist)")
         else:
             lines.append(f"{key}: {err['msg']}")
     return ConfigError(f"Invalid configuration in {source}: " + "; ".join(lines))
@@ -334,7 +373,12 @@ class _AnyModel(BaseModel):
 
 
 _AnyModel.model_fields.update(
-    {**OpenAIModelConfig.model_fields, **LocalModelConfig.model_fields, **SpecialistModelConfig.model_fields}
+    {
+        **OpenAIModelConfig.model_fields,
+        **AnthropicModelConfig.model_fields,
+        **LocalModelConfig.model_fields,
+        **SpecialistModelConfig.model_fields,
+    }
 )
 
 
@@ -427,4 +471,8 @@ flywheel:
   target_accuracy: 0.95
   min_coverage: 0.2
   executor: local                     # or ray (pip install 'smallfleet[ray]')
+
+# telemetry:                          # one OpenTelemetry span per call (pip install 'smallfleet[otel]')
+#   otlp_endpoint: http://127.0.0.1:4318
+#   export_content: false             # true: also the redacted messages and answer
 """

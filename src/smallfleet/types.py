@@ -21,10 +21,12 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
+    Tag,
     ValidationError,
     field_validator,
 )
@@ -32,6 +34,8 @@ from pydantic import (
 from smallfleet.errors import RequestInvalid
 
 __all__ = [
+    "AllowedTools",
+    "AllowedToolsChoice",
     "AssistantMessage",
     "ChatChunk",
     "ChatRequest",
@@ -39,6 +43,11 @@ __all__ = [
     "Choice",
     "ChunkChoice",
     "ContentPart",
+    "CustomCall",
+    "CustomTool",
+    "CustomToolCall",
+    "CustomToolChoice",
+    "CustomToolDefinition",
     "Delta",
     "DeltaFunction",
     "DeltaToolCall",
@@ -107,6 +116,42 @@ class ToolCall(_Wire):
     function: FunctionCall
 
 
+class CustomCall(_Wire):
+    name: str
+    input: str = Field(description="The free-form text the model wrote for the custom tool.")
+
+
+class CustomToolCall(_Wire):
+    """A call to a ``custom`` tool, as it comes back in a conversation's history.
+
+    ``function`` is a read-only view (name, input as the arguments), so code that reads calls by
+    name reads these too; it is not part of the wire form.
+    """
+
+    id: str
+    type: Literal["custom"] = "custom"
+    custom: CustomCall
+
+    @property
+    def function(self) -> FunctionCall:
+        return FunctionCall(name=self.custom.name, arguments=self.custom.input)
+
+
+def _call_kind(v: Any) -> str | None:
+    kind = v.get("type", "function") if isinstance(v, dict) else getattr(v, "type", None)
+    return {"function": "ToolCall", "custom": "CustomToolCall"}.get(kind) if isinstance(kind, str) else None
+
+
+AnyToolCall = Annotated[
+    Annotated[ToolCall, Tag("ToolCall")] | Annotated[CustomToolCall, Tag("CustomToolCall")],
+    Discriminator(
+        _call_kind,
+        custom_error_type="invalid_tool_type",
+        custom_error_message="a tool call's type must be 'function' or 'custom'",
+    ),
+]
+
+
 class SystemMessage(_Wire):
     role: Literal["system"] = "system"
     content: Content
@@ -128,7 +173,7 @@ class UserMessage(_Wire):
 class AssistantMessage(_Wire):
     role: Literal["assistant"] = "assistant"
     content: Content | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     refusal: str | None = None
     name: str | None = None
 
@@ -177,6 +222,43 @@ class Tool(_Wire):
     function: FunctionDefinition
 
 
+class CustomToolDefinition(_Wire):
+    name: str
+    description: str | None = None
+    format: dict[str, Any] | None = None  # {"type": "text"} or {"type": "grammar", "grammar": {...}}
+
+
+class CustomTool(_Wire):
+    """A ``custom`` tool (free-form text input, optionally constrained by a grammar).
+
+    Passed through to the upstream and recorded; the router never serves a request that offers
+    one (:meth:`ChatRequest.passthrough_reason`). ``function`` is a read-only view (name,
+    description, no parameters) for code that lists tools by name; not part of the wire form.
+    """
+
+    type: Literal["custom"] = "custom"
+    custom: CustomToolDefinition
+
+    @property
+    def function(self) -> FunctionDefinition:
+        return FunctionDefinition(name=self.custom.name, description=self.custom.description)
+
+
+def _tool_kind(v: Any) -> str | None:
+    kind = v.get("type", "function") if isinstance(v, dict) else getattr(v, "type", None)
+    return {"function": "Tool", "custom": "CustomTool"}.get(kind) if isinstance(kind, str) else None
+
+
+AnyTool = Annotated[
+    Annotated[Tool, Tag("Tool")] | Annotated[CustomTool, Tag("CustomTool")],
+    Discriminator(
+        _tool_kind,
+        custom_error_type="invalid_tool_type",
+        custom_error_message="a tool's type must be 'function' or 'custom'",
+    ),
+]
+
+
 class _NamedFunction(_Wire):
     name: str
 
@@ -186,7 +268,49 @@ class NamedToolChoice(_Wire):
     function: _NamedFunction
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+class CustomToolChoice(_Wire):
+    """``{"type": "custom", "custom": {"name": ...}}``: the model must call this custom tool."""
+
+    type: Literal["custom"]
+    custom: _NamedFunction
+
+
+class AllowedTools(_Wire):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]] = Field(min_length=1)
+
+
+class AllowedToolsChoice(_Wire):
+    """``{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}``: a subset the model may call."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+def _choice_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return "str"
+    kind = v.get("type", "function") if isinstance(v, dict) else getattr(v, "type", None)
+    kinds = {
+        "function": "NamedToolChoice",
+        "custom": "CustomToolChoice",
+        "allowed_tools": "AllowedToolsChoice",
+    }
+    return kinds.get(kind) if isinstance(kind, str) else None
+
+
+ToolChoice = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag("str")]
+    | Annotated[NamedToolChoice, Tag("NamedToolChoice")]
+    | Annotated[CustomToolChoice, Tag("CustomToolChoice")]
+    | Annotated[AllowedToolsChoice, Tag("AllowedToolsChoice")],
+    Discriminator(
+        _choice_kind,
+        custom_error_type="invalid_tool_choice",
+        custom_error_message="tool_choice must be 'none', 'auto', 'required' or an object of type "
+        "'function', 'custom' or 'allowed_tools'",
+    ),
+]
 
 
 class JSONSchemaSpec(_Wire):
@@ -213,7 +337,7 @@ class ChatRequest(_Wire):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    tools: list[Tool] | None = None
+    tools: list[AnyTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
@@ -269,6 +393,23 @@ class ChatRequest(_Wire):
 
     def tool_names(self) -> list[str]:
         return [t.function.name for t in self.tools or []]
+
+    def passthrough_reason(self) -> str | None:
+        """Why only the upstream may answer this request (the router does not serve it), or None.
+
+        ``custom`` tools and an ``allowed_tools`` or ``custom`` tool choice: no specialist is
+        trained or validated for them, so they are passed through as sent.
+        """
+        if any(isinstance(t, CustomTool) for t in self.tools or []):
+            return "custom_tools"
+        if isinstance(self.tool_choice, AllowedToolsChoice | CustomToolChoice):
+            return f"tool_choice_{self.tool_choice.type}"
+        for m in self.messages:
+            if isinstance(m, AssistantMessage) and any(
+                isinstance(c, CustomToolCall) for c in m.tool_calls or []
+            ):
+                return "custom_tools"
+        return None
 
     def last_user_text(self) -> str:
         for m in reversed(self.messages):

@@ -4,6 +4,8 @@ A hand-written ASGI core (no framework on the hot path: the gateway's own
 overhead is what the benchmark measures)::
 
     POST /v1/chat/completions   forwarded to the alias's model, with its fallback chain
+    POST /v1/responses          the Responses API, translated to and from the chat path (an :class:`Edge`)
+    POST /v1/messages           Anthropic's Messages API, translated the same way (x-api-key taken too)
     GET  /v1/models             the configured aliases, in the OpenAI list shape
     POST /v1/feedback           {trace_id, score, comment}: a user's verdict on an answer
     GET  /healthz               liveness, with the trace queue depth
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
     from smallfleet.models.registry import ModelRegistry
     from smallfleet.types import ChatRequest
 
-__all__ = ["Gateway", "RouteDecision", "Router", "create_app"]
+__all__ = ["Edge", "Gateway", "RouteDecision", "Router", "create_app"]
 
 log = logging.getLogger("smallfleet.gateway")
 
@@ -100,6 +102,23 @@ class Router(Protocol):
     async def route(self, request: ChatRequest, workload: str) -> RouteDecision | None: ...
 
 
+class Edge(Protocol):
+    """Another API's wire format, translated at the gateway's edge (one object per request).
+
+    Its body becomes a chat completions body (``chat_body``, which raises
+    :class:`~smallfleet.errors.RequestInvalid` for bad input) that takes the chat path (route,
+    serve, guard, price, budget, record); the chat answer, chunks and errors go back through
+    the other methods. ``stream_event``/``stream_end`` return the bytes to send (``b""``: none).
+    """
+
+    def chat_body(self, data: Any, trace_id: str) -> dict[str, Any]: ...
+    def response_body(self, out: dict[str, Any]) -> bytes: ...
+    def error_body(self, e: SmallfleetError) -> bytes: ...
+    def stream_event(self, chunk: dict[str, Any]) -> bytes: ...
+    def stream_end(self) -> bytes: ...
+    def stream_error(self, e: SmallfleetError) -> bytes: ...
+
+
 class _Internal(SmallfleetError):
     """An unexpected failure, reported without its internals."""
 
@@ -132,6 +151,13 @@ def _dumps(obj: Any) -> bytes:
 
 def _error_body(e: SmallfleetError) -> bytes:
     return _dumps(e.to_openai())
+
+
+def _stream_error(state: _State, e: SmallfleetError) -> bytes:
+    """The in-band event that ends a stream with an error, in the API's own shape."""
+    if state.edge is not None:
+        return state.edge.stream_error(e)
+    return b"data: " + _error_body(e) + b"\n\n"
 
 
 #: The one method each API path (other than the chat path) takes; another gets 405 with ``Allow``.
@@ -265,6 +291,16 @@ class Gateway:
             method = scope["method"]
             if path == "/v1/chat/completions" or path == "/chat/completions":
                 await self._chat(scope, receive, send)  # every request here is traced, refusals too
+                return
+            if path == "/v1/responses" or path == "/responses":
+                from smallfleet.gateway.responses_api import ResponsesEdge
+
+                await self._chat(scope, receive, send, ResponsesEdge())  # the chat path, translated
+                return
+            if path == "/v1/messages":  # Anthropic's Messages API: the chat path, translated
+                from smallfleet.gateway.messages_api import MessagesEdge, with_api_key
+
+                await self._chat(with_api_key(scope), receive, send, MessagesEdge())
                 return
             try:
                 self.intake.check_source(method, _header(scope, b"host"), _header(scope, b"origin"))
@@ -424,12 +460,13 @@ class Gateway:
 
     # ------------------------------------------------------------ chat completions
 
-    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _chat(self, scope: dict[str, Any], receive: Any, send: Any, edge: Edge | None = None) -> None:
         t0 = time.perf_counter()
         rec = TraceRecord(
             id=_trace_id(), created_at=time.time(), route="rejected", status="error", http_status=500
         )
         state = _State()
+        state.edge = edge
         self.metrics.in_flight += 1
         try:
             await self._handle(scope, receive, send, rec, state, t0)
@@ -480,6 +517,9 @@ class Gateway:
         try:
             self.intake.check_content_type(ctype)
             data, body = self.intake.parse_json(body)
+            if state.edge is not None:  # another API's body: from here on, a chat completions body
+                data = state.edge.chat_body(data, rec.id)
+                body = _dumps(data)
         except SmallfleetError:
             rec.request = raw_body_record(body)  # what was received, for the record
             raise
@@ -625,7 +665,7 @@ class Gateway:
                     error = e
                     continue
                 raise
-            payload = _dumps(out)
+            payload = _dumps(out) if state.edge is None else state.edge.response_body(out)
             await _send(send, 200, payload, _JSON, rec.id, route, _confidence_header(rec))
             state.sent = True
             rec.response = out
@@ -647,6 +687,7 @@ class Gateway:
         t0: float,
     ) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        edge = state.edge
         error: Exception | None = None
         chunks: AsyncIterator[dict[str, Any]] | None = None
         first: dict[str, Any] | None = None
@@ -696,26 +737,23 @@ class Gateway:
                 if choices or include_usage:
                     if state.ttft is None and choices and _has_content(choices):
                         state.ttft = time.perf_counter() - t0
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"data: " + _dumps(chunk) + b"\n\n",
-                            "more_body": True,
-                        }
-                    )
+                    event = b"data: " + _dumps(chunk) + b"\n\n" if edge is None else edge.stream_event(chunk)
+                    if event:
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
                 if gone.done():
                     rec.status, rec.error = "client_disconnected", "the client disconnected mid-stream"
                     return
                 chunk = await anext(chunks, None)
             state.open_stream = False
-            await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+            end = _DONE if edge is None else edge.stream_end()
+            await send({"type": "http.response.body", "body": end, "more_body": False})
             rec.status, rec.error = "ok", None
         except ModelError as e:
             # Bytes are out already: no fallback now; tell the client in-band and end the stream.
             rec.status, rec.error = "error", e.message
             rec.http_status = e.status_code
             self._log_failure(rec, e)
-            event = b"data: " + _error_body(e) + b"\n\n"
+            event = _stream_error(state, e)
             state.open_stream = False
             await send({"type": "http.response.body", "body": event, "more_body": False})
         finally:
@@ -740,7 +778,7 @@ class Gateway:
         if not isinstance(e, _Internal):  # logged with its traceback where it was caught
             self._log_failure(rec, e)
         if state.open_stream:  # a stream had started: say it in-band and end it
-            event = b"data: " + _error_body(e) + b"\n\n"
+            event = _stream_error(state, e)
             state.open_stream = False
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
@@ -754,7 +792,8 @@ class Gateway:
         retry_after = getattr(e, "retry_after", None)
         if isinstance(e, RateLimited) and retry_after:
             extra.append((b"retry-after", str(int(retry_after + 0.999)).encode()))
-        await _send(send, e.status_code, _error_body(e), _JSON, rec.id, rec.route, extra)
+        body = _error_body(e) if state.edge is None else state.edge.error_body(e)
+        await _send(send, e.status_code, body, _JSON, rec.id, rec.route, extra)
         state.sent = True
 
     def _log_failure(self, rec: TraceRecord, e: SmallfleetError) -> None:
@@ -827,9 +866,20 @@ class Gateway:
 class _State:
     """What the request path knows about its own response."""
 
-    __slots__ = ("decision", "key", "latency", "open_stream", "request", "reservation", "sent", "ttft")
+    __slots__ = (
+        "decision",
+        "edge",
+        "key",
+        "latency",
+        "open_stream",
+        "request",
+        "reservation",
+        "sent",
+        "ttft",
+    )
 
     def __init__(self) -> None:
+        self.edge: Edge | None = None
         self.request: ChatRequest | None = None
         self.decision: RouteDecision | None = None
         self.sent = False
@@ -1054,6 +1104,10 @@ def create_app(
         )
     else:
         recorder.metrics = metrics
+    if recorder.exporter is None:  # spans of the recorded traces (telemetry.otlp_endpoint; else None)
+        from smallfleet.gateway.telemetry import build_span_export
+
+        recorder.exporter = build_span_export(settings)
 
     async def close_store() -> None:
         if owns_store:

@@ -41,6 +41,13 @@ web origin (`gateway.allowed_origins`), is refused with 403.
 """
 
 
+#: One server-sent event of a stream (``data: <chunk JSON>``, or ``data: [DONE]`` last).
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
+
 def _error_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -206,7 +213,7 @@ def _chat_operation() -> dict[str, Any]:
                 },
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ChatResponse"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": _SSE_EVENT},  # OpenAPI 3.1: the schema of each event
                 },
             },
             "400": _chat_error("The body is not valid JSON, too deep, or a field is invalid (`param`)."),

@@ -21,6 +21,10 @@ and writes the batch with one :meth:`TraceStore.write_traces` call.
   (the gateway calls it at shutdown, after in-flight requests have finished).
   What the store still refuses at the deadline goes to the dead-letter file.
 
+- A span export (``exporter``, :mod:`smallfleet.gateway.telemetry`) gets each batch
+  once it is redacted, before the store write (a store that is down does not hold
+  the spans back); :meth:`Recorder.close` shuts it down after the last batch.
+
 Redaction is pure-Python regex work (about 0.1-0.3 ms of CPU a trace): in the
 writer thread it holds the interpreter in slices of the switch interval while
 the event loop waits. So the writer gives the interpreter back between traces,
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
     from smallfleet.gateway.metrics import Metrics
     from smallfleet.store.records import TraceRecord
 
-__all__ = ["Recorder", "TraceSink"]
+__all__ = ["Recorder", "TraceExporter", "TraceSink"]
 
 log = logging.getLogger("smallfleet.gateway.recorder")
 
@@ -75,6 +79,17 @@ class TraceSink(Protocol):
     """
 
     def write_traces(self, records: Sequence[TraceRecord]) -> list[tuple[TraceRecord, str]] | None: ...
+
+
+class TraceExporter(Protocol):
+    """Where redacted traces are also sent (:class:`smallfleet.gateway.telemetry.SpanExport` is one).
+
+    ``export`` is called from the writer thread and must not block on the network.
+    """
+
+    def export(self, records: Sequence[TraceRecord]) -> None: ...
+
+    def shutdown(self, timeout_s: float = 10.0) -> None: ...
 
 
 class _Redactor(Protocol):
@@ -102,8 +117,10 @@ class Recorder:
         queue_size: int = 50_000,
         metrics: Metrics | None = None,
         dead_letter_path: str | Path | None = None,
+        exporter: TraceExporter | None = None,
     ) -> None:
         self.sink = sink
+        self.exporter = exporter
         self.dead_letter_path = None if dead_letter_path is None else Path(dead_letter_path)
         self.redactor = redactor
         self.flush_interval = flush_interval_ms / 1000
@@ -118,6 +135,7 @@ class Recorder:
         self._idle = threading.Condition()
         self._busy = 0  # traces taken off the queue and not yet written
         self._last_warning = 0.0
+        self._last_export_warning = 0.0
         self.dropped = 0
         self.written = 0
         self.dead_lettered = 0
@@ -207,6 +225,7 @@ class Recorder:
         thread = self._thread
         if thread is None:
             self._write_all(deadline=give_up)
+            self._close_exporter(timeout)
             return
         self._give_up_at = give_up
         self._stop = True
@@ -216,6 +235,16 @@ class Recorder:
             log.error("Trace writer did not finish within %ss; %d traces not written.", timeout, self.depth())
         self._thread = None
         self._stop_pool(wait=not thread.is_alive())
+        self._close_exporter(timeout)
+
+    def _close_exporter(self, timeout: float | None) -> None:
+        exporter, self.exporter = self.exporter, None
+        if exporter is None:
+            return
+        try:
+            exporter.shutdown(10.0 if timeout is None else max(1.0, timeout / 3))
+        except Exception:
+            log.exception("Shutting down the span export failed")
 
     # ------------------------------------------------------------ writer thread
 
@@ -244,6 +273,9 @@ class Recorder:
 
     def _write(self, batch: list[TraceRecord], deadline: float | None) -> None:
         batch = self._redact_batch(batch)
+        exporter = self.exporter
+        if exporter is not None:
+            self._export(exporter, batch)
         wait = 0.05
         while True:
             try:
@@ -273,6 +305,15 @@ class Recorder:
         with self._idle:
             self._busy = 0
             self._idle.notify_all()
+
+    def _export(self, exporter: TraceExporter, batch: list[TraceRecord]) -> None:
+        try:
+            exporter.export(batch)
+        except Exception as e:  # telemetry never costs a trace
+            now = time.monotonic()
+            if now - self._last_export_warning > _WARN_EVERY_S:
+                self._last_export_warning = now
+                log.warning("Exporting %d spans failed (%s: %s).", len(batch), type(e).__name__, e)
 
     def _dead_letter(self, refused: list[tuple[TraceRecord, str]]) -> None:
         """Set refused traces aside: counted, logged by id, appended to the dead-letter file."""

@@ -21,6 +21,7 @@ __all__ = ["BACKENDS", "ModelRegistry"]
 #: backend name → "module:Class"; each class has ``from_config(alias, config, settings)``.
 BACKENDS: dict[str, str] = {
     "openai": "smallfleet.models.openai_http:OpenAICompatible",
+    "anthropic": "smallfleet.models.anthropic_http:AnthropicMessages",
     "local": "smallfleet.models.local_hf:LocalCausalLM",
     "specialist": "smallfleet.specialists.base:SpecialistChatModel",
 }

@@ -270,8 +270,8 @@ class Router:
     def decide(self, request: ChatRequest, workload: str = "default") -> Decision:
         """Match, ask the specialist if the mode says so, and validate."""
         t0 = time.perf_counter()
-        if not self.routable(workload, request.model):
-            return Decision(route=None, action="large", reason=None)
+        if not self.routable(workload, request.model) or request.passthrough_reason() is not None:
+            return Decision(route=None, action="large", reason=None)  # custom tools: passed through as sent
         route = self.match(request)
         t1 = time.perf_counter()
         if route is None:
