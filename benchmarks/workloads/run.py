@@ -71,13 +71,19 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def load_pairs(
-    dataset: str, data: Path, limit_train: int | None, limit_test: int | None, seed: int
+    dataset: str,
+    data: Path,
+    limit_train: int | None,
+    limit_test: int | None,
+    seed: int,
+    tasks: tuple[str, ...] | None = None,
 ) -> tuple[str, list[Pair], list[Pair]]:
-    """(workload name, train pairs, test pairs) of ``dataset``."""
+    """(workload name, train pairs, test pairs) of ``dataset`` (NLU++: only ``tasks`` when given)."""
     import importlib
 
     module = importlib.import_module(f"benchmarks.workloads.{dataset}")
-    train, test = module.load(data, limit_train=limit_train, limit_test=limit_test, seed=seed)
+    extra = {"tasks": tasks} if tasks else {}
+    train, test = module.load(data, limit_train=limit_train, limit_test=limit_test, seed=seed, **extra)
     return module.WORKLOAD, train, test
 
 
@@ -647,7 +653,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="where the store, specialists and logs go (default: a new temporary folder)",
     )
     ap.add_argument("--seed", type=int, default=0, help="order of the traffic and the gateway's draws")
+    ap.add_argument(
+        "--tasks",
+        help="NLU++ only: the agent steps to record, comma-separated (slots,intents; default: both)",
+    )
     args = ap.parse_args(argv)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    if tasks and args.dataset != "nlupp":
+        ap.error("--tasks is for nlupp only")
+    if tasks and not set(tasks) <= {"slots", "intents"}:
+        ap.error(f"--tasks: unknown step(s) {sorted(set(tasks) - {'slots', 'intents'})}; slots, intents")
     data = args.data or default_data_dir(args.dataset)
     if data is None or not Path(data).is_dir():
         ap.error(
@@ -659,7 +674,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with console.status(f"converting {args.dataset} from {data}"):
         workload, train, test = load_pairs(
-            args.dataset, Path(data), args.limit_train, args.limit_test, args.seed
+            args.dataset, Path(data), args.limit_train, args.limit_test, args.seed, tasks
         )
         train_file = write_jsonl(train, work / "train.jsonl", workload)
         write_jsonl(test, work / "test.jsonl", workload)
@@ -711,6 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test_calls=len(test),
         upstream_unanswered=gold.unknown,
         limits={"train": args.limit_train, "test": args.limit_test},
+        tasks=list(tasks) if tasks else None,
         seed=args.seed,
         workdir=str(work),
         machine=machine(),

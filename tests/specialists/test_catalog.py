@@ -92,6 +92,17 @@ def test_profile_json_with_inferred_schema() -> None:
         jsonschema.validate(o, schema)
 
 
+def test_slot_objects_that_recur_are_json_not_labels() -> None:
+    # NLU++-like slots: most messages give nothing ({}), the others one or two short fields
+    answers = [{}] * 12 + [{"people": 2}] * 3 + [{"time": "18:30"}] * 2 + [{"people": 3, "time": "09:05"}]
+    p = profile_task([_text(f"m{i}", json.dumps(a)) for i, a in enumerate(answers)])
+    assert p.shape == "json" and p.json_schema is not None
+    assert p.json_schema["properties"]["time"]["pattern"] == r"^\d{2}:\d{2}$"  # 24-hour times
+    # one field, the same one every time: a label in JSON clothing
+    labels = [{"intent": "refund"}, {"intent": "cancel"}] * 6
+    assert profile_task([_text(f"m{i}", json.dumps(a)) for i, a in enumerate(labels)]).shape == "label"
+
+
 def test_infer_schema_nested_and_arrays() -> None:
     s = infer_schema(
         [{"items": [{"sku": "A", "n": 1}], "tags": ["x"]}, {"items": [{"sku": "B"}], "tags": []}]

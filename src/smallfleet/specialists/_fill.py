@@ -12,12 +12,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from smallfleet.specialists._conversation import latest_mentions
 from smallfleet.specialists._params import ABSENT, Param, coerce, coerce_item, humanise
 from smallfleet.specialists._spans import ChoiceItem, SpanItem, SpanResult
 from smallfleet.specialists._values import (
     find_value_spans,
     is_iso_date,
+    is_iso_time,
     parse_date,
+    parse_time,
+    relative_date,
     snap_span,
     snap_to_quotes,
     word_ngrams,
@@ -34,7 +38,7 @@ __all__ = [
     "span_decision",
 ]
 
-SPAN_KINDS = ("span", "integer", "number", "date", "array")
+SPAN_KINDS = ("span", "integer", "number", "date", "time", "array")
 CHOICE_KINDS = ("enum", "boolean")
 
 
@@ -52,6 +56,17 @@ def candidates(param: Param, text: str) -> list[tuple[int, int]] | None:
                 if parse_date(text[s:e], default_year=param.default_year) is not None
                 and not any(s < e2 and s2 < e for s2, e2 in spans)
             ]
+        if param.today is not None:  # "tomorrow", "friday", "the 23rd", where no written date says it
+            spans += [
+                (s, e)
+                for s, e in runs
+                if relative_date(text[s:e], param.today) is not None
+                and not any(s < e2 and s2 < e for s2, e2 in spans)
+            ]
+    elif param.kind == "time":  # the longest runs: "half past six in the evening", not "half past six"
+        spans = [(s, e) for s, e in word_ngrams(text, 6) if parse_time(text[s:e]) is not None]
+        inside = {(s, e) for s, e in spans for s2, e2 in spans if (s2, e2) != (s, e) and s2 <= s and e <= e2}
+        return [sp for sp in spans if sp not in inside] or None
     elif param.kind == "span" and isinstance(param.schema.get("pattern"), str):
         pattern = _compiled(param.schema["pattern"])
         if pattern is None:
@@ -85,12 +100,14 @@ def _value_spans(text: str, value: Any, param: Param) -> list[tuple[int, int]]:
             kind = "number"
         elif param.kind == "date" and is_iso_date(v):
             kind = "date"
+        elif param.kind == "time" and is_iso_time(v):
+            kind = "time"
         else:
             kind = "string"
-        found = find_value_spans(text, v, kind)
+        found = find_value_spans(text, v, kind, today=param.today if kind == "date" else None)
         if not found and kind == "date":
             found = find_value_spans(text, v, "string")
-        spans += found
+        spans += latest_mentions(found, text)  # a value said twice: where it stands now
     return sorted(set(spans))
 
 
@@ -153,6 +170,12 @@ def _read(span: str, start: int, end: int, prm: Param, text: str) -> Any:
     if kind == "span":
         qs, qe = snap_to_quotes(text, start, end)
         return text[qs:qe]
+    if kind == "time":  # the longest run around the span that says a time ("... in the evening")
+        runs = [(s, e) for s, e in word_ngrams(text, 6) if s < end and e > start and parse_time(text[s:e])]
+        if runs:
+            s, e = max(runs, key=lambda r: r[1] - r[0])
+            return parse_time(text[s:e])
+        return parse_time(span)
     value = coerce(span, prm)
     if kind in ("integer", "number", "date") and (value is None or (kind == "date" and value == span)):
         snapped = snap_span(text, start, end, "date" if kind == "date" else "number", prm.default_year)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from smallfleet.specialists._values import parse_bool, parse_date, parse_number, split_list
+from smallfleet.specialists._values import parse_bool, parse_date, parse_number, parse_time, split_list
 
 __all__ = ["ABSENT", "Param", "coerce", "coerce_item", "humanise", "json_type"]
 
@@ -56,7 +56,8 @@ class Param:
     """One property: how to ask for it, and how its value is decided.
 
     kind: ``span`` (a string copied from the text), ``number``, ``integer``, ``date``
-    (a span normalised to ISO 8601), ``array`` (several spans), ``enum`` and
+    (a span normalised to ISO 8601), ``time`` (a span normalised to 24-hour ``HH:MM``,
+    for a string whose pattern or description asks for that), ``array`` (several spans), ``enum`` and
     ``boolean`` (choices), ``other`` (objects and what else we cannot fill).
     """
 
@@ -65,6 +66,7 @@ class Param:
     required: bool
     owner: str = ""  # the tool's name, or "" for an extractor's object
     default_year: int | None = None  # the year of a date said without one ("Jan 30")
+    today: str | None = None  # what "today" is in the teacher's dates (ISO), for "tomorrow", "friday"
 
     @property
     def type(self) -> str:
@@ -95,6 +97,8 @@ class Param:
             fmt = self.schema.get("format")
             if fmt == "date" or _DATE_HINT.search(str(self.schema.get("description") or "")):
                 return "date"
+            if _asks_hh_mm(self.schema):
+                return "time"
             return "span"
         if t == "array" and self.item_type in ("string", "integer", "number"):
             return "array"
@@ -120,6 +124,24 @@ class Param:
         return f"{self.query()} = {shown}"
 
 
+_TIME_HINT = re.compile(r"\bhh:mm\b(?!:ss)", re.IGNORECASE)
+
+
+def _asks_hh_mm(schema: dict[str, Any]) -> bool:
+    """A string schema for 24-hour ``HH:MM`` times: its pattern takes "18:30" and "09:05" but not
+    "18:30:00" or "1830", or its description says ``HH:MM``."""
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        try:
+            rx = re.compile(pattern)
+        except re.error:
+            return False
+        return all(rx.search(t) for t in ("18:30", "09:05")) and not any(
+            rx.search(t) for t in ("18:30:00", "1830", "x")
+        )
+    return bool(_TIME_HINT.search(str(schema.get("description") or "")))
+
+
 def coerce(text: str, param: Param) -> Any:
     """The span ``text`` as the value ``param`` wants, or None when it cannot be read as one."""
     kind = param.kind
@@ -129,7 +151,9 @@ def coerce(text: str, param: Param) -> Any:
     if kind == "number":
         return parse_number(text)
     if kind == "date":
-        return parse_date(text, default_year=param.default_year) or text
+        return parse_date(text, default_year=param.default_year, today=param.today) or text
+    if kind == "time":
+        return parse_time(text)
     if kind == "boolean":
         return parse_bool(text)
     if kind == "array":

@@ -15,9 +15,13 @@ from typing import Any
 __all__ = [
     "find_value_spans",
     "is_iso_date",
+    "is_iso_time",
+    "learn_today",
     "parse_bool",
     "parse_date",
     "parse_number",
+    "parse_time",
+    "relative_date",
     "snap_span",
     "snap_to_quotes",
     "split_list",
@@ -134,13 +138,20 @@ def is_iso_date(value: Any) -> bool:
     return isinstance(value, str) and bool(ISO_DATE.match(value)) and parse_date(value) == value
 
 
-def parse_date(text: str, day_first: bool = False, default_year: int | None = None) -> str | None:
+def parse_date(
+    text: str, day_first: bool = False, default_year: int | None = None, today: str | None = None
+) -> str | None:
     """The ISO 8601 date (``YYYY-MM-DD``) ``text`` writes, in a common format, else None.
 
     ``2024-03-05``, ``03/05/2024`` (month first unless ``day_first`` or the first number
     is over 12), ``5 March 2024``, ``5th of March, 2024``, ``March 5, 2024``, ``Mar. 5th '24``;
-    with a ``default_year``, also a month and day without one (``Jan 30``, ``the 5th of March``).
+    with a ``default_year``, also a month and day without one (``Jan 30``, ``the 5th of March``);
+    with ``today`` (ISO), also a date said relative to it (:func:`relative_date`).
     """
+    if today is not None:
+        rel = relative_date(text, today)
+        if rel is not None:
+            return rel
     s = text.strip().strip('.,;:!?()[]"').strip()
     for i, rx in enumerate(_DATE_RES):
         m = rx.match(s)
@@ -165,6 +176,81 @@ def parse_date(text: str, day_first: bool = False, default_year: int | None = No
     return None
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_FIXED_OFFSETS = {"today": 0, "tonight": 0, "tomorrow": 1, "tmrw": 1, "yesterday": -1,
+                  "day after tomorrow": 2, "the day after tomorrow": 2}  # fmt: skip
+_IN_N = re.compile(r"^in (?P<n>[a-z0-9]+(?: [a-z]+)?) (?P<unit>days?|weeks?)$")
+_WEEKDAY = re.compile(r"^(?:(?:this|next|coming|this coming|on) )?(?P<wd>" + "|".join(_WEEKDAYS) + r")$")
+_DAY_ALONE = re.compile(r"^(?:the )?(?P<day>\d{1,2})(?:st|nd|rd|th)$")
+
+
+def date_offset(text: str) -> int | None:
+    """Days from "today" that ``text`` says when that does not depend on the day (``"tomorrow"``: 1,
+    ``"in 2 days"``: 2, ``"in a week"``: 7), else None."""
+    s = " ".join(text.lower().strip().strip('.,;:!?()[]"').split())
+    if s in _FIXED_OFFSETS:
+        return _FIXED_OFFSETS[s]
+    m = _IN_N.match(s)
+    if m:
+        n = 1 if m["n"] in ("a", "one") else _small_int(m["n"], 60)
+        if n is not None:
+            return n * (7 if m["unit"].startswith("week") else 1)
+    return None
+
+
+def relative_date(text: str, today: str) -> str | None:
+    """The ISO date ``text`` says relative to ``today`` (ISO): ``"tomorrow"``, ``"in 3 days"``,
+    ``"friday"`` / ``"next friday"`` (the next one to come after today), ``"the 23rd"`` (this
+    month's, or next month's when it has passed), else None."""
+    import datetime as dt
+
+    try:
+        base = dt.date.fromisoformat(today)
+    except ValueError:
+        return None
+    off = date_offset(text)
+    if off is not None:
+        return (base + dt.timedelta(days=off)).isoformat()
+    s = " ".join(text.lower().strip().strip('.,;:!?()[]"').split())
+    m = _WEEKDAY.match(s)
+    if m:
+        ahead = (_WEEKDAYS.index(m["wd"]) - base.weekday() - 1) % 7 + 1
+        return (base + dt.timedelta(days=ahead)).isoformat()
+    m = _DAY_ALONE.match(s)
+    if m:
+        day = int(m["day"])
+        y, mon = (base.year, base.month) if day >= base.day else (
+            (base.year + 1, 1) if base.month == 12 else (base.year, base.month + 1)
+        )  # fmt: skip
+        return _iso(y, mon, day)
+    return None
+
+
+def learn_today(pairs: list[tuple[str, str]]) -> str | None:
+    """What "today" was for a teacher, from (text, ISO date it answered) pairs: the date that most
+    of the texts' fixed relative phrases ("tomorrow", "in 2 days") point back to; None without
+    two that agree."""
+    import datetime as dt
+    from collections import Counter
+
+    votes: Counter[str] = Counter()
+    for text, value in pairs:
+        try:
+            v = dt.date.fromisoformat(value)
+        except (TypeError, ValueError):
+            continue
+        seen = set()
+        for s, e in word_ngrams(text, 4):
+            off = date_offset(text[s:e])
+            if off is not None:
+                seen.add((v - dt.timedelta(days=off)).isoformat())
+        votes.update(seen)
+    if not votes:
+        return None
+    best, n = votes.most_common(1)[0]
+    return best if n >= 2 and n >= 0.5 * sum(votes.values()) else None
+
+
 def _iso(y: int, m: int, d: int) -> str | None:
     import datetime as dt
 
@@ -172,6 +258,76 @@ def _iso(y: int, m: int, d: int) -> str | None:
         return dt.date(y, m, d).isoformat()
     except ValueError:
         return None
+
+
+ISO_TIME = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
+_TIME_QUALIFIER = re.compile(
+    r"^(?P<core>.*?)\s*(?P<q>a\.?\s?m\.?|p\.?\s?m\.?|o'?clock|hrs?|in the (?:morning|afternoon|evening)|"
+    r"(?:at )?night|tonight|this (?:morning|afternoon|evening)|morning|afternoon|evening)$"
+)
+_TIME_HM = re.compile(r"(?P<h>\d{1,2})\s*(?:[:.h]|\s)\s*(?P<m>[0-5]\d)")
+_TIME_REL = re.compile(
+    r"(?P<n>half|quarter|a quarter|[a-z0-9]+(?: [a-z]+)?)(?: minutes?)? "
+    r"(?P<dir>past|after|to|till|before) (?P<h>\S+)"
+)
+
+
+def is_iso_time(value: Any) -> bool:
+    """``"18:30"``: a 24-hour ``HH:MM`` time."""
+    return isinstance(value, str) and bool(ISO_TIME.match(value))
+
+
+def _small_int(word: str, top: int) -> int | None:
+    if re.fullmatch(r"\d{1,2}", word):
+        v: int | float | None = int(word)
+    else:
+        v = _parse_number_words(word) if re.fullmatch(r"[a-z]+(?:[ -][a-z]+)?", word) else None
+    if v is None or not float(v).is_integer() or not 0 <= v <= top:
+        return None
+    return int(v)
+
+
+def parse_time(text: str) -> str | None:
+    """The 24-hour ``HH:MM`` time ``text`` says, else None.
+
+    ``"14:35"``, ``"2:35 p.m."``, ``"3 50 a.m."``, ``"17 30"``, ``"half past six in the evening"``
+    (18:30), ``"quarter to 5"`` (04:45), ``"5 to 11 evening"`` (22:55), ``"noon"``, ``"7 pm"``, and
+    an hour alone (``"12"``, ``"seven"``: as said, 12:00 and 07:00). The whole text must be the time.
+    """
+    s = " ".join(text.lower().strip().strip('.,;:!?()[]"').split())
+    if s in ("noon", "midday", "12 noon", "twelve noon"):
+        return "12:00"
+    if s == "midnight":
+        return "00:00"
+    q = ""
+    m = _TIME_QUALIFIER.match(s)
+    if m and m["core"]:
+        s, q = m["core"].strip(), m["q"]
+    hm = _TIME_HM.fullmatch(s)
+    rel = None if hm else _TIME_REL.fullmatch(s)
+    if hm:
+        h, mi = int(hm["h"]), int(hm["m"])
+    elif rel:
+        n = {"half": 30, "quarter": 15, "a quarter": 15}.get(rel["n"])
+        n = n if n is not None else _small_int(rel["n"], 59)
+        hour = _small_int(rel["h"], 24)
+        if n is None or hour is None or n == 0:
+            return None
+        h, mi = (hour, n) if rel["dir"] in ("past", "after") else ((hour - 1) % 24, 60 - n)
+    else:
+        hour = _small_int(s, 24)
+        if hour is None:
+            return None
+        h, mi = hour, 0
+    if h > 24 or mi > 59:
+        return None
+    q = re.sub(r"^(?:in the|this|at) ", "", q).replace(".", "").replace(" ", "")
+    if q.startswith("p") or q in ("afternoon", "evening", "night", "tonight"):
+        if h < 12 and not (q == "night" and h < 6):  # "2 at night" is 02:00
+            h += 12
+    elif (q.startswith("a") or q == "morning") and h == 12:
+        h = 0
+    return f"{h % 24:02d}:{mi:02d}"
 
 
 _LIST_SPLIT = re.compile(r"\s*(?:,|;|/|\band\b|\bor\b|&|\+)\s*", re.IGNORECASE)
@@ -245,15 +401,21 @@ def _norm(s: str) -> str:
     return re.sub(r"[^0-9a-z]+", "", s.lower())
 
 
-def find_value_spans(text: str, value: Any, kind: str = "string") -> list[tuple[int, int]]:
+def find_value_spans(
+    text: str, value: Any, kind: str = "string", today: str | None = None
+) -> list[tuple[int, int]]:
     """Character spans of ``text`` that say ``value``; ``kind`` is "string", "number" or "date".
 
     Strings: exact case-insensitive occurrences first, else word runs equal up to
     punctuation and spacing. Numbers and dates: word runs that parse to an equal value
-    (the shortest such runs). Empty list when the value is not in the text.
+    (the shortest such runs); times (``kind="time"``): the longest runs that say it
+    (``"half past six in the evening"`` for ``"18:30"``). Empty list when the value is not in the text.
     """
     if value is None or isinstance(value, (dict, list)):
         return []
+    if kind == "time":
+        hits = [(s, e) for s, e in word_ngrams(text, 6) if parse_time(text[s:e]) == value]
+        return _maximal(hits)
     if kind == "number" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         target = value
         hits = [(s, e) for s, e in word_ngrams(text, 4) if _num_eq(parse_number(text[s:e]), target)]
@@ -263,6 +425,8 @@ def find_value_spans(text: str, value: Any, kind: str = "string") -> list[tuple[
         hits = [(s, e) for s, e in runs if parse_date(text[s:e]) == value]
         if not hits and is_iso_date(value):  # "Jan 30" says 2026-01-30 in 2026
             hits = [(s, e) for s, e in runs if parse_date(text[s:e], default_year=int(value[:4])) == value]
+        if not hits and today is not None:  # "tomorrow", "friday", "the 23rd"
+            hits = [(s, e) for s, e in runs if relative_date(text[s:e], today) == value]
         return _minimal(hits)
     v = str(value).strip()
     if not v:
@@ -288,6 +452,13 @@ def _num_eq(a: int | float | None, b: Any) -> bool:
         return abs(float(a) - float(b)) < 1e-9
     except (TypeError, ValueError):
         return False
+
+
+def _maximal(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Drop spans inside another hit (keep "half past six in the evening", not "half past six")."""
+    return [
+        (s, e) for s, e in spans if not any((s2, e2) != (s, e) and s2 <= s and e <= e2 for s2, e2 in spans)
+    ]
 
 
 def _minimal(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -221,9 +221,10 @@ def profile_task(examples: Sequence[Example], max_labels: int | None = None) -> 
     * tool calls in at least one answer in ten → ``tool_call`` (tool names as called; the
       other answers are the text replies of a step that asks before it calls);
     * short strings (on average at most 8 words) that recur, each seen at least twice on
-      average (also ``{"intent": "x"}``-style one-field JSON) → ``label``, with as many
-      labels as the answers hold (``max_labels`` caps them only when given);
-    * JSON objects → ``json`` with :func:`infer_schema`;
+      average (also ``{"intent": "x"}``-style JSON, every object the same one field) →
+      ``label``, with as many labels as the answers hold (``max_labels`` caps them only when given);
+    * JSON objects (other than those) → ``json`` with :func:`infer_schema`, however often
+      the same object recurs (``{}`` for a message that gives nothing);
     * anything else → ``text``.
     """
     n = len(examples)
@@ -239,14 +240,6 @@ def profile_task(examples: Sequence[Example], max_labels: int | None = None) -> 
         names = Counter(tc.function.name for c in calls for tc in c or [])
         return TaskProfile(shape="tool_call", tool_names=sorted(names), **base)
     texts = [(ex.response.message.content or "").strip() for ex in examples]
-    labels = [_label(t) for t in texts]
-    counts = Counter(labels)
-    short = sum(len(lb.split()) for lb in labels) / n <= 8
-    capped = max_labels is not None and len(counts) > max_labels
-    if short and not capped and len(counts) * 2 <= n and "" not in counts:
-        return TaskProfile(
-            shape="label", labels=sorted(counts), label_counts=dict(counts.most_common()), **base
-        )
     objects = []
     for t in texts:
         try:
@@ -256,7 +249,18 @@ def profile_task(examples: Sequence[Example], max_labels: int | None = None) -> 
         if not isinstance(obj, dict):
             break
         objects.append(obj)
-    if objects and len(objects) == n:
+    all_json = bool(objects) and len(objects) == n
+    # JSON is a label only as {"intent": "x"}: every object one field, the same one
+    one_field = all_json and len({tuple(obj) for obj in objects}) == 1 and len(objects[0]) == 1
+    labels = [_label(t) for t in texts]
+    counts = Counter(labels)
+    short = sum(len(lb.split()) for lb in labels) / n <= 8
+    capped = max_labels is not None and len(counts) > max_labels
+    if (one_field or not all_json) and short and not capped and len(counts) * 2 <= n and "" not in counts:
+        return TaskProfile(
+            shape="label", labels=sorted(counts), label_counts=dict(counts.most_common()), **base
+        )
+    if all_json:
         return TaskProfile(shape="json", json_schema=infer_schema(objects), **base)
     return TaskProfile(shape="text", **base)
 
@@ -266,6 +270,7 @@ CALL_SHARE = 0.1
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+_HH_MM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
 
 
 def _type_of(v: Any) -> str:
@@ -329,6 +334,8 @@ def infer_schema(values: Iterable[Any], enum_max: int = 10) -> dict[str, Any]:
                 schema["format"] = "date"
             elif all(_DATETIME.match(s) for s in present):
                 schema["format"] = "date-time"
+            elif all(_HH_MM.match(s) for s in present):
+                schema["pattern"] = r"^\d{2}:\d{2}$"  # 24-hour times, as the teacher writes them
             elif len(distinct) <= enum_max and len(present) >= 2 * len(distinct):
                 schema["enum"] = distinct
     if nullable:

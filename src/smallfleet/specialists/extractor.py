@@ -6,7 +6,8 @@ format when there is one (its descriptions, enums and required fields). Each fie
 is then one decision on the shared encoder (:mod:`smallfleet.specialists._spans`),
 conditioned on the field's name, type and description:
 
-* strings: a span of the user text, casing and punctuation kept; quoted text whole;
+* strings: a span of the conversation's text (:mod:`~smallfleet.specialists._conversation`),
+  casing and punctuation kept; quoted text whole; a value said twice read where it stands now;
 * integers and numbers: a span read as a number (``"1,200"``, ``"$3.50"``, ``"five"``);
 * dates (the teacher wrote ISO 8601): a span read as a date (``"March 5th, 2024"``);
 * enums (values the text does not spell out) and booleans: a choice among the values;
@@ -28,6 +29,7 @@ from typing import Any
 
 from smallfleet.encoders import inference_dtype
 from smallfleet.errors import UserError
+from smallfleet.specialists._conversation import conversation_text, prefer_latest
 from smallfleet.specialists._fill import (
     CHOICE_KINDS,
     SPAN_KINDS,
@@ -36,13 +38,19 @@ from smallfleet.specialists._fill import (
     param_item,
     span_decision,
 )
-from smallfleet.specialists._params import Param
+from smallfleet.specialists._params import Param, humanise
 from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, SpanItem
-from smallfleet.specialists._values import find_value_spans, is_iso_date
+from smallfleet.specialists._values import find_value_spans, is_iso_date, learn_today
 from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistMeta, data_hash
 from smallfleet.types import ChatRequest, ChatResponse
 
 __all__ = ["Extractor"]
+
+
+#: What the presence decision calls an object with none of its optional fields.
+NOTHING = "none of these"
+#: Optional values not readable from the text that make the presence decision worth learning.
+PRESENCE_MIN = 3
 
 
 def _object(text: str) -> dict[str, Any] | None:
@@ -140,7 +148,9 @@ class Extractor(Specialist):
     def _param(self, f: dict[str, Any]) -> Param:
         # a required field the teacher may write as null is, for deciding it, optional: "no answer" is null
         required = f["required"] and not f.get("nullable", False)
-        return Param(f["name"], f["schema"], required, default_year=f.get("default_year"))
+        return Param(
+            f["name"], f["schema"], required, default_year=f.get("default_year"), today=f.get("today")
+        )
 
     # ------------------------------------------------------------ training
 
@@ -154,8 +164,9 @@ class Extractor(Specialist):
         self.style = _style([ex.response.text for ex, _ in usable])
         spans: list[SpanItem] = []
         choices: list[ChoiceItem] = []
+        unreadable = 0  # optional values the answer gives that no span or choice of the text teaches
         for ex, obj in usable:
-            text = ex.request.last_user_text()
+            text = conversation_text(ex.request)
             for f in self.fields:
                 prm = self._param(f)
                 value = obj.get(f["name"])
@@ -165,6 +176,18 @@ class Extractor(Specialist):
                     spans.append(item)
                 elif isinstance(item, ChoiceItem):
                     choices.append(item)
+                elif values and not prm.required:
+                    unreadable += 1
+        # where the fields' own heads cannot learn whether a value was given (it is not in the
+        # text as the teacher writes it), which optional fields the answer gives is one more choice
+        presence = self._presence_fields(learn=unreadable >= PRESENCE_MIN)
+        for ex, obj in usable if presence else []:
+            given = [j for j, f in enumerate(presence) if obj.get(f["name"]) is not None]
+            choices.append(
+                ChoiceItem(
+                    _presence_queries(presence), conversation_text(ex.request), given or [len(presence)]
+                )
+            )
         p = self.params
         losses = self.engine.fit(
             spans,
@@ -208,7 +231,7 @@ class Extractor(Specialist):
             present = [(ex, obj[name]) for ex, obj in usable if obj.get(name) is not None]
             if "enum" in schema and name not in asked_props:
                 # a value the text spells out is better copied (new values work too) than classified
-                found = sum(bool(find_value_spans(ex.request.last_user_text(), v)) for ex, v in present)
+                found = sum(bool(find_value_spans(conversation_text(ex.request), v)) for ex, v in present)
                 if present and found >= 0.5 * len(present):
                     schema = {k: v for k, v in schema.items() if k != "enum"}
             nulls = sum(1 for obj in objs if name in obj and obj[name] is None)
@@ -224,11 +247,22 @@ class Extractor(Specialist):
                     "absent": "null" if nulls >= missing else "omit",
                     "nullable": bool(nulls) or _allows_null(schema),
                     "default_year": int(years.most_common(1)[0][0]) if years else None,
+                    # what "today" was for the teacher: "tomorrow" in a message, the 16th in its answer
+                    "today": learn_today(
+                        [(conversation_text(ex.request), v) for ex, v in present if is_iso_date(v)]
+                    ),
                     "constant": json.loads(values.most_common(1)[0][0]) if values else None,
                     "constant_share": values.most_common(1)[0][1] / len(objs) if values else 0.0,
                 }
             )
         return fields
+
+    def _presence_fields(self, learn: bool | None = None) -> list[dict[str, Any]]:
+        """The optional fields whose presence is a learned decision (``learn``: mark them, or not, now)."""
+        if learn is not None:
+            for f in self.fields:
+                f["presence"] = learn and (not f["required"] or f.get("nullable", False))
+        return [f for f in self.fields if f.get("presence")]
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the objects this extractor writes."""
@@ -244,7 +278,7 @@ class Extractor(Specialist):
         if not self.fields:
             raise UserError("This extractor is not trained: call fit() or load() first.")
         eng = self.engine
-        texts = [r.last_user_text() for r in requests]
+        texts = [conversation_text(r) for r in requests]
         params = [self._param(f) for f in self.fields]
         span_jobs = [
             (i, k) for i in range(len(requests)) for k, p in enumerate(params) if p.kind in SPAN_KINDS
@@ -252,14 +286,21 @@ class Extractor(Specialist):
         choice_jobs = [
             (i, k) for i in range(len(requests)) for k, p in enumerate(params) if p.kind in CHOICE_KINDS
         ]
+        presence = self._presence_fields()
+        asked = [([params[k].choice_query(v) for v in params[k].choices], texts[i]) for i, k in choice_jobs]
+        if presence:
+            asked += [(_presence_queries(presence), text) for text in texts]
         span_res, choice_res = eng.answer(  # every field together (one pass per request when packed)
             [(params[k].query(), texts[i]) for i, k in span_jobs],
-            [([params[k].choice_query(v) for v in params[k].choices], texts[i]) for i, k in choice_jobs],
+            asked,
             candidates=[candidates(params[k], texts[i]) for i, k in span_jobs],
         )
+        given_probs = choice_res[len(choice_jobs) :]
+        choice_res = choice_res[: len(choice_jobs)]
         decided = {}
         for (i, k), res in zip(span_jobs, span_res, strict=True):
             if params[k].kind != "array":
+                prefer_latest(res, texts[i])  # a value said, then changed: the latest mention
                 res.spans = res.spans[:1]  # one value per field: the best span
             decided[(i, k)] = span_decision(params[k], res, texts[i])
         for (i, k), pr in zip(choice_jobs, choice_res, strict=True):
@@ -270,9 +311,13 @@ class Extractor(Specialist):
             conf = 1.0
             for k, f in enumerate(self.fields):
                 d = decided.get((i, k))
-                if d is None:  # a field we cannot read from text: the teacher's usual value
+                if d is None and f["required"]:  # a field we cannot read from text: the teacher's usual value
                     obj[f["name"]] = f["constant"]
                     conf = min(conf, f["constant_share"])
+                    continue
+                if d is None:  # optional and unreadable: left out, and the presence decision says how
+                    if f["absent"] == "null":  # likely it is that the message gave it
+                        obj[f["name"]] = None
                     continue
                 conf = min(conf, d.confidence)
                 if d.values:
@@ -284,6 +329,8 @@ class Extractor(Specialist):
                     conf = 0.0
                 elif f["absent"] == "null":
                     obj[f["name"]] = None
+            if presence:
+                conf = min(conf, _presence_confidence(presence, given_probs[i], obj))
             if req.json_schema is not None and not _valid(obj, req.json_schema):
                 conf = 0.0
             text = json.dumps(
@@ -331,6 +378,24 @@ class Extractor(Specialist):
         self.style = style or _style([])
         self.meta = meta
         return self
+
+
+def _presence_queries(fields: list[dict[str, Any]]) -> list[str]:
+    return [f"mentioned: {humanise(f['name'])}" for f in fields] + [f"mentioned: {NOTHING}"]
+
+
+def _presence_confidence(fields: list[dict[str, Any]], probs: list[float], obj: dict[str, Any]) -> float:
+    """How sure the presence decision is of the object's set of optional fields.
+
+    Trained with the given fields sharing the target equally (or "nothing"), a field left
+    out whose share is ``p`` beside ``k`` given ones is present with probability about
+    ``p * (k + 1)``; an object with none given is as sure as "nothing".
+    """
+    given = [j for j, f in enumerate(fields) if obj.get(f["name"]) is not None]
+    if not given:
+        return probs[-1]
+    missing = max((probs[j] for j in range(len(fields)) if j not in given), default=0.0)
+    return max(0.0, min(1.0 - probs[-1], 1.0 - missing * (len(given) + 1)))
 
 
 def _allows_null(schema: dict[str, Any]) -> bool:

@@ -8,12 +8,15 @@ memorised name, so it calls tools it never saw in training:
    score. Each tool's score is a learned weighting of the cosine similarities,
    under the frozen pretrained sentence encoder, between the user text and the
    tool's description, name and parameter descriptions (cached per tool), so it
-   carries over to new tools. When the training data had calls to several
-   functions at once, tools scoring at least ``parallel_ratio`` of the best (and
-   above "no tool") are called together.
+   carries over to new tools. Where the teacher both called and replied in text with
+   these tools, a learned call-or-reply decision on the conversation's last turns
+   scales the tools' share down (:data:`DECISION_QUERIES`): a call needs both. When the
+   training data had calls to several functions at once, tools scoring at least
+   ``parallel_ratio`` of the best (and above "no tool") are called together.
 2. **arguments**, per parameter, from the pair
-   ``"<tool> - <param> (<type>): <description>" [SEP] <user text>``:
-   strings are spans of the user text (casing kept); integers, numbers and dates
+   ``"<tool> - <param> (<type>): <description>" [SEP] <conversation>``
+   (:mod:`smallfleet.specialists._conversation`: the turns, newest kept, a value said
+   twice read at its latest mention): strings are spans of the text (casing kept); integers, numbers and dates
    are spans read by type (``"1,200"`` → 1200, ``"March 5th, 2024"`` → ``"2024-03-05"``);
    enums and booleans are choices among their values; arrays are several spans.
    An optional parameter the text does not mention is left out (or given its
@@ -42,6 +45,7 @@ from typing import Any
 
 from smallfleet.encoders import inference_dtype
 from smallfleet.errors import UserError
+from smallfleet.specialists._conversation import DECISION_CHARS, conversation_text, prefer_latest
 from smallfleet.specialists._fill import (
     CHOICE_KINDS,
     SPAN_KINDS,
@@ -55,11 +59,22 @@ from smallfleet.specialists._fill import (
 from smallfleet.specialists._params import Param, coerce, humanise
 from smallfleet.specialists._selector import SimilaritySelector
 from smallfleet.specialists._spans import ChoiceItem, EncoderEngine, Span, SpanItem, SpanResult
-from smallfleet.specialists._values import extend_name, trim_run_on
+from smallfleet.specialists._values import (
+    extend_name,
+    is_iso_date,
+    is_iso_time,
+    learn_today,
+    trim_run_on,
+)
 from smallfleet.specialists.base import Example, Prediction, Specialist, SpecialistMeta, data_hash
 from smallfleet.types import ChatRequest, ChatResponse, FunctionDefinition, Tool
 
 __all__ = ["ToolCaller"]
+
+#: The call-or-reply decision, taught where the teacher both called and replied with one tool set.
+DECISION_QUERIES = ("the assistant calls a tool now", "the assistant replies in text, without a tool call")
+#: Each kind of answer must be at least this many training examples for the decision to be learned.
+DECISION_MIN = 4
 
 
 def tool_query(fn: FunctionDefinition) -> str:
@@ -163,6 +178,7 @@ class ToolCaller(Specialist):
         # whether the teacher ever called several functions / one function several times at once
         self.learned: dict[str, Any] = {
             "none_text": None, "none_text_share": 0.0, "multi_function": False, "multi_call": False,
+            "decides": False,
         }  # fmt: skip
         self._engine: EncoderEngine | None = None
         self._answers: dict[str, Any] | None = None  # the engine's answers kept while learning widening
@@ -183,6 +199,9 @@ class ToolCaller(Specialist):
         usable = [ex for ex in examples if ex.request.tools and _calls_of(ex.response) is not None]
         if not usable:
             raise UserError("No tool-calling examples to train on (requests need `tools`).")
+        n_reply = sum(not ex.response.message.tool_calls for ex in usable)
+        self.learned["decides"] = min(n_reply, len(usable) - n_reply) >= DECISION_MIN
+        self.learned["forms"] = _learn_forms(usable)
         spans, choices, groups = self._items(usable)
         feats = self.selector.features([(views, text) for views, text, _ in groups])
         self.selector.fit(feats, [t for _, _, t in groups])
@@ -232,8 +251,11 @@ class ToolCaller(Specialist):
         choices: list[ChoiceItem] = []
         groups: list[tuple[list[list[str]], str, list[int]]] = []
         for ex in examples:
-            text = ex.request.last_user_text()
+            text = conversation_text(ex.request)
+            tail = conversation_text(ex.request, DECISION_CHARS)
             calls = _calls_of(ex.response) or []
+            if self.learned["decides"]:
+                choices.append(ChoiceItem(list(DECISION_QUERIES), tail, [0 if calls else 1]))
             tools = list(ex.request.tools or [])
             names = {t.function.name for t in tools}
             others = [t for n, t in pool.items() if n not in names]
@@ -241,13 +263,13 @@ class ToolCaller(Specialist):
             rng.shuffle(tools)
             called = {name for name, _ in calls}
             targets = [i for i, t in enumerate(tools) if t.function.name in called] or [len(tools)]
-            groups.append(([tool_views(t.function) for t in tools], text, targets))
+            groups.append(([tool_views(t.function) for t in tools], tail, targets))
             by_name = {t.function.name: t.function for t in tools}
             for name in dict.fromkeys(n for n, _ in calls):
                 if name not in by_name:
                     continue
                 args = [a for n, a in calls if n == name]
-                for param in tool_params(by_name[name]):
+                for param in self._params(by_name[name]):
                     item = param_item(param, [a.get(param.name) for a in args if param.name in a], text)
                     if isinstance(item, SpanItem):
                         spans.append(item)
@@ -259,15 +281,23 @@ class ToolCaller(Specialist):
 
     def predict(self, requests: Sequence[ChatRequest]) -> list[Prediction]:
         p = self.params
-        texts = [r.last_user_text() for r in requests]
+        texts = [conversation_text(r) for r in requests]
+        tails = [conversation_text(r, DECISION_CHARS) for r in requests]
         # 1. which tools: similarity features (tool embeddings cached), one softmax per request
         options = [self._options(r) for r in requests]
         scored = [i for i, o in enumerate(options) if o is not None and len(o[0]) + o[1] > 1]
         feats = self.selector.features(
-            [([tool_views(t.function) for t in options[i][0]], texts[i]) for i in scored]
+            [([tool_views(t.function) for t in options[i][0]], tails[i]) for i in scored]
         )
         probs = self.selector.probs(feats, [options[i][1] for i in scored])
         prob_of = dict(zip(scored, probs, strict=True))
+        if self.learned.get("decides"):  # call or reply: a call needs both the decision and the selector
+            asked = [i for i, o in enumerate(options) if o is not None and o[1]]
+            _, said = self._answer([], [(list(DECISION_QUERIES), tails[i]) for i in asked])
+            for i, pr in zip(asked, said, strict=True):
+                n = len(options[i][0])  # type: ignore[index]
+                tool_probs = [pr[0] * t for t in prob_of.get(i, [1.0])[:n]]
+                prob_of[i] = [*tool_probs, 1.0 - sum(tool_probs)]
         chosen: list[tuple[list[Tool], float]] = []
         for i, req in enumerate(requests):
             opt = options[i]
@@ -283,7 +313,7 @@ class ToolCaller(Specialist):
             (i, t.function, prm)
             for i, (ts, _) in enumerate(chosen)
             for t in ts
-            for prm in tool_params(t.function)
+            for prm in self._params(t.function)
         ]
         span_jobs = [j for j in jobs if j[2].kind in SPAN_KINDS]
         choice_jobs = [j for j in jobs if j[2].kind in CHOICE_KINDS]
@@ -296,7 +326,8 @@ class ToolCaller(Specialist):
         decided: dict[tuple[int, str, str], Decision] = {}
         by_call: dict[tuple[int, str], list[SpanResult]] = {}
         for (i, fn, prm), res in zip(span_jobs, span_res, strict=True):
-            if prm.kind in ("span", "integer", "number", "date"):
+            if prm.kind in ("span", "integer", "number", "date", "time"):
+                prefer_latest(res, texts[i])  # a value said, then changed: the latest mention
                 by_call.setdefault((i, fn.name), []).append(res)
         for results in by_call.values():
             disjoint(results)
@@ -330,6 +361,24 @@ class ToolCaller(Specialist):
             if not all(_valid(args, _tool(tools, name)) for name, args in calls):
                 conf = 0.0
             out.append(Prediction(ChatResponse.of_tool_calls(f"specialist:{self.kind}", calls), float(conf)))
+        return out
+
+    def _params(self, fn: FunctionDefinition) -> list[Param]:
+        """The tool's parameters, with the forms the teacher's values showed (``learned["forms"]``)."""
+        forms = self.learned.get("forms") or {}
+        out = []
+        for prm in tool_params(fn):
+            form = forms.get(f"{fn.name}.{prm.name}")
+            if form:
+                prm = Param(
+                    prm.name,
+                    {**prm.schema, **form.get("schema", {})},
+                    prm.required,
+                    owner=prm.owner,
+                    default_year=form.get("default_year"),
+                    today=form.get("today"),
+                )
+            out.append(prm)
         return out
 
     def _options(self, req: ChatRequest) -> tuple[list[Tool], bool] | None:
@@ -367,7 +416,7 @@ class ToolCaller(Specialist):
     ) -> tuple[list[tuple[str, dict[str, Any]]], float]:
         conf = 1.0
         per_param: dict[str, list[Any]] = {}
-        for prm in tool_params(fn):
+        for prm in self._params(fn):
             d = decided.get((i, fn.name, prm.name))
             if d is None:  # a kind we cannot fill
                 if prm.required:
@@ -482,6 +531,39 @@ _GAP_LAST = re.compile(
     rf"^\s*,?\s*{_CONJ}(?:\s+(?:also|then|in|at|for|of|to|on|the|from|with)){{0,3}}\s*$", re.I
 )
 _GAP_LIST = re.compile(r"^\s*,\s*$")
+
+
+#: A parameter's values must be at least this many for their form to be learned.
+FORM_MIN = 3
+
+
+def _learn_forms(examples: Sequence[Example]) -> dict[str, dict[str, Any]]:
+    """Per ``tool.param`` whose schema says only "string": the form every one of the teacher's
+    values has, when it is one the specialists read into (24-hour ``HH:MM`` times; ISO dates,
+    with the year and the "today" the teacher's relative dates point back to)."""
+    from collections import defaultdict
+
+    seen: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+    for ex in examples:
+        text = conversation_text(ex.request)
+        for name, args in _calls_of(ex.response) or []:
+            for key, value in args.items():
+                seen[f"{name}.{key}"].append((text, value))
+    forms: dict[str, dict[str, Any]] = {}
+    for key, pairs in seen.items():
+        values = [v for _, v in pairs]
+        if len(values) < FORM_MIN or not all(isinstance(v, str) for v in values):
+            continue
+        if all(is_iso_time(v) for v in values):
+            forms[key] = {"schema": {"pattern": r"^\d{2}:\d{2}$"}}
+        elif all(is_iso_date(v) for v in values):
+            years = Counter(v[:4] for v in values)
+            forms[key] = {
+                "schema": {"format": "date"},
+                "default_year": int(years.most_common(1)[0][0]),
+                "today": learn_today(pairs),
+            }
+    return forms
 
 
 def _separate_values(spans: list[Span], res: SpanResult, text: str) -> bool:
