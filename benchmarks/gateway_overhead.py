@@ -20,8 +20,15 @@ At concurrency 64 in a closed loop every request waits for the 63 others
 the last run is open-loop (a fixed schedule at a fraction of the measured
 maximum, over 64 connections) and shows what the gateway adds below saturation.
 
+``--apis chat,responses,messages`` measures the APIs instead: one gateway (as it ships), the same
+upstream and the same load, the same request sent as a chat completion, as a Responses API request
+(``/v1/responses``) and as an Anthropic Messages request (``/v1/messages``), both translated onto the
+chat path at the edge. It prints each API's added latency and gateway CPU per request, and its ratio
+to chat completions' (the target: within 20%, a ratio of at most 1.20).
+
 Run:  python benchmarks/gateway_overhead.py [--requests 4000] [--requests-c1 1000] [--paced-fraction 0.3]
       [--rounds 1] [--variants untuned,gateway] [--no-baseline] [--offload]
+      python benchmarks/gateway_overhead.py --apis chat,responses,messages [--rounds 3]
 """
 
 from __future__ import annotations
@@ -48,6 +55,33 @@ BODY = {
         {"role": "user", "content": "My invoice for March was charged twice, please refund one."},
     ],
     "temperature": 0,
+}
+
+#: The same request in each API the gateway serves (``--apis``): the same model, system prompt, user
+#: message, temperature and output limit, so each becomes the same chat request on the chat path.
+_SYSTEM, _USER = BODY["messages"][0]["content"], BODY["messages"][1]["content"]  # type: ignore[index]
+API_REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {**BODY, "max_tokens": 16}),
+    "responses": (
+        "/v1/responses",
+        {
+            "model": "gpt-4o-mini",
+            "instructions": _SYSTEM,
+            "input": _USER,
+            "temperature": 0,
+            "max_output_tokens": 16,
+        },
+    ),
+    "messages": (
+        "/v1/messages",
+        {
+            "model": "gpt-4o-mini",
+            "system": _SYSTEM,
+            "messages": [{"role": "user", "content": _USER}],
+            "temperature": 0,
+            "max_tokens": 16,
+        },
+    ),
 }
 
 ANSWER = {
@@ -158,20 +192,26 @@ def _trace_id(head: bytes) -> str | None:
     return None
 
 
+def _raw_request(path: str = "/v1/chat/completions", body: dict[str, Any] = BODY) -> bytes:
+    """The bytes of one POST of ``body`` to ``path`` (HTTP/1.1, keep-alive)."""
+    data = json.dumps(body).encode()
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer x\r\ncontent-length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+    )
+
+
 async def _run(
-    port: int, total: int, concurrency: int, rate: float | None = None
+    port: int, total: int, concurrency: int, rate: float | None = None, raw: bytes | None = None
 ) -> tuple[list[float], float, list[str], int]:
     """(latencies in s, wall seconds, trace ids of the 200s, failures).
 
     ``rate`` set: requests are started on a fixed schedule (open loop, ``rate`` per
-    second over the connections), and latency counts from the scheduled time.
+    second over the connections), and latency counts from the scheduled time. ``raw``: the
+    request's bytes (default: :data:`BODY` as a chat completion).
     """
     loop = asyncio.get_running_loop()
-    body = json.dumps(BODY).encode()
-    raw = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer x\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    raw = raw if raw is not None else _raw_request()
     conns = [(await loop.create_connection(_Conn, "127.0.0.1", port))[1] for _ in range(concurrency)]
     latencies: list[float] = []
     ids: list[str] = []
@@ -315,6 +355,142 @@ def _wait_idle(ports: list[int], timeout: float = 60.0) -> None:
             time.sleep(0.05)
 
 
+#: (name, port, the gateway's process or None for the upstream itself, the request's bytes).
+_Target = tuple[str, int, "subprocess.Popen[bytes] | None", bytes]
+
+
+def _measure(
+    targets: list[_Target],
+    label: str,
+    conc: int,
+    n: int,
+    rate: float | None,
+    rounds: int,
+    ids: dict[str, list[str]],
+) -> dict[str, dict[str, Any]]:
+    """One phase for every target, ``rounds`` times (each round in another order): per target the
+    p50/p99 of all rounds' latencies (ms), the median req/s and gateway CPU µs a request, failures.
+    Trace ids of the 200s are added to ``ids[name]`` (for a name in ``ids``)."""
+    ports = sorted({port for _, port, proc, _ in targets if proc is not None})
+    samples: dict[str, list[tuple[list[float], float, int, float]]] = {t[0]: [] for t in targets}
+    for r in range(rounds):
+        # Each round in another order: on a shared machine the load drifts within a run.
+        for name, port, proc, raw in targets[r % len(targets) :] + targets[: r % len(targets)]:
+            print(f"  {label} #{r + 1}: {n} requests {name} ...", file=sys.stderr, flush=True)
+            _wait_idle(ports)  # no gateway still writing traces
+            _, _, got, _ = asyncio.run(_run(port, min(300, n), conc, raw=raw))  # warm up
+            cpu0 = _cpu(proc.pid) if proc else 0.0
+            lat, wall, got2, failed = asyncio.run(_run(port, n, conc, rate, raw=raw))
+            if name in ids:
+                ids[name] += got + got2
+            cpu = (_cpu(proc.pid) - cpu0) / n * 1e6 if proc else 0.0
+            samples[name].append((lat, n / wall, failed, cpu))
+    result: dict[str, dict[str, Any]] = {}
+    for name, runs in samples.items():
+        lat = [x for run in runs for x in run[0]]
+        result[name] = {
+            "p50": _pct(lat, 0.5),
+            "p99": _pct(lat, 0.99),
+            "rps": statistics.median(run[1] for run in runs),
+            "failed": sum(run[2] for run in runs),
+            "gw_cpu_us": statistics.median(run[3] for run in runs),
+        }
+    return result
+
+
+def _compare_apis(args: argparse.Namespace, up_port: int, tmp: Path) -> int:
+    """``--apis``: one gateway, the same request in each API, same upstream and load; traces lost."""
+    apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    unknown = sorted(set(apis) - set(API_REQUESTS))
+    if unknown or "chat" not in apis:
+        sys.exit(f"--apis: {unknown or 'chat missing'}; choose from {', '.join(API_REQUESTS)}, chat included")
+    proc, port, db = _start_gateway(tmp, "apis", up_port, "gateway")
+    raws = {a: _raw_request(*API_REQUESTS[a]) for a in apis}
+    targets: list[_Target] = [("direct", up_port, None, raws["chat"])]
+    targets += [(a, port, proc, raws[a]) for a in apis]
+    ids: dict[str, list[str]] = {a: [] for a in apis}
+    rows: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    phases: list[tuple[str, int, int, float | None]] = [
+        ("c=1", 1, args.requests_c1, None),
+        (f"c={args.concurrency}", args.concurrency, args.requests, None),
+    ]
+    try:
+        while phases:
+            label, conc, n, rate = phases.pop(0)
+            result = _measure(targets, label, conc, n, rate, args.rounds, ids)
+            rows.append((label, result))
+            if rate is None and conc > 1 and args.paced_fraction > 0:
+                paced = round(result["chat"]["rps"] * args.paced_fraction)
+                phases.append((f"c={conc}@{paced}/s", conc, args.requests, float(paced)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+
+    from smallfleet.store.trace_store import TraceStore
+
+    store = TraceStore(f"sqlite:///{db}", create=False)
+    stored = {t.id for t in store.iter_traces()}
+    store.close()
+    lost = {a: sum(i not in stored for i in ids[a]) for a in apis}
+
+    print(
+        f"gateway overhead by API ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end;"
+    )
+    print(" one gateway as `smallfleet gateway` runs, the same upstream, load and request in each API)")
+    w = max(len(r[0]) for r in rows)
+    print(
+        f"{'run':<{w}} {'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} ", end=""
+    )
+    print(f"{'req/s':>8} {'gw CPU us/req':>14}")
+    summary: dict[str, Any] = {}
+    for label, res in rows:
+        d = res["direct"]
+        print(f"{label:<{w}} {'direct':<10} {d['p50']:>8.2f} {d['p99']:>8.2f} {'':>21} {d['rps']:>8.0f}")
+        for a in apis:
+            r = res[a]
+            added = (r["p50"] - d["p50"], r["p99"] - d["p99"])
+            print(
+                f"{label:<{w}} {a:<10} {r['p50']:>8.2f} {r['p99']:>8.2f} {added[0]:>10.2f} {added[1]:>10.2f} "
+                f"{r['rps']:>8.0f} {r['gw_cpu_us']:>14.0f}"
+            )
+            summary.setdefault(a, {})[label] = {
+                "added_p50_ms": round(added[0], 3),
+                "added_p99_ms": round(added[1], 3),
+                "rps": round(r["rps"], 1),
+                "gw_cpu_us": round(r["gw_cpu_us"]),
+            }
+    for label, _ in rows:
+        base = summary["chat"][label]
+        for a in apis:
+            if a == "chat":
+                continue
+            mine = summary[a][label]
+            # None where chat's figure is not above 0 (an open-loop p99 can be below the direct one)
+            ratio = {
+                k: round(mine[k] / base[k], 3) if base[k] > 0 else None
+                for k in ("added_p50_ms", "added_p99_ms", "gw_cpu_us", "rps")
+            }
+            summary[a][label]["vs_chat"] = ratio
+            shown = {k: "n/a" if v is None else f"x{v:.2f}" for k, v in ratio.items()}
+            print(
+                f"{a} vs chat {label}: added p50 {shown['added_p50_ms']}, added p99 {shown['added_p99_ms']}, "
+                f"gateway CPU/req {shown['gw_cpu_us']}, req/s {shown['rps']} "
+                "(target: added latency within 20% of chat's, x1.20)"
+            )
+    failed = sum(res[a]["failed"] for _, res in rows for a in apis)
+    print(f"exit code {code}; requests that failed: {failed}")
+    for a in apis:
+        print(
+            f"traces ({a}): {len(ids[a])} answered with 200, "
+            f"{len(ids[a]) - lost[a]} in the store, {lost[a]} lost"
+        )
+    summary["lost"] = lost
+    summary["failed"] = failed
+    summary["load_average"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary))
+    return sum(lost.values()) + failed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=4000, help="requests per run at concurrency 64")
@@ -346,6 +522,12 @@ def main() -> None:
         help="skip the untuned gateway (the same as --variants gateway)",
     )
     ap.add_argument(
+        "--apis",
+        default="",
+        help="compare APIs instead of gateways (comma-separated, chat included): chat, responses, "
+        "messages; one gateway, the same upstream, load and request in each API",
+    )
+    ap.add_argument(
         "--offload",
         action="store_true",
         help="the tuned gateway redacts in a child process (serve(offload=True))",
@@ -365,6 +547,15 @@ def main() -> None:
     up_port = parent.recv()
 
     tmp = Path(tempfile.mkdtemp(prefix="sf-gw-bench-"))
+    if args.apis:
+        try:
+            bad = _compare_apis(args, up_port, tmp)
+        finally:
+            parent.close()
+            up.kill()
+        if bad:
+            sys.exit(1)
+        return
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.no_baseline:
         names = [n for n in names if n != "untuned"]
@@ -384,32 +575,12 @@ def main() -> None:
             ("c=1", 1, args.requests_c1, None),
             (f"c={args.concurrency}", args.concurrency, args.requests, None),
         ]
+        chat = _raw_request()
+        targets: list[_Target] = [("direct", up_port, None, chat)]
+        targets += [(g, gateways[g][1], gateways[g][0], chat) for g in names]
         while phases:
             label, conc, n, rate = phases.pop(0)
-            targets = [("direct", up_port, None)] + [(g, gateways[g][1], gateways[g][0]) for g in names]
-            samples: dict[str, list[tuple[list[float], float, int, float]]] = {t[0]: [] for t in targets}
-            for r in range(args.rounds):
-                # Each round in another order: on a shared machine the load drifts within a run.
-                for name, port, proc in targets[r % len(targets) :] + targets[: r % len(targets)]:
-                    print(f"  {label} #{r + 1}: {n} requests {name} ...", file=sys.stderr, flush=True)
-                    _wait_idle([gateways[g][1] for g in names])  # no gateway still writing traces
-                    _, _, got, _ = asyncio.run(_run(port, min(300, n), conc))  # warm up
-                    cpu0 = _cpu(proc.pid) if proc else 0.0
-                    lat, wall, got2, failed = asyncio.run(_run(port, n, conc, rate))
-                    if name in ids:
-                        ids[name] += got + got2
-                    cpu = (_cpu(proc.pid) - cpu0) / n * 1e6 if proc else 0.0
-                    samples[name].append((lat, n / wall, failed, cpu))
-            result: dict[str, dict[str, Any]] = {}
-            for name, runs in samples.items():
-                lat = [x for run in runs for x in run[0]]
-                result[name] = {
-                    "p50": _pct(lat, 0.5),
-                    "p99": _pct(lat, 0.99),
-                    "rps": statistics.median(run[1] for run in runs),
-                    "failed": sum(run[2] for run in runs),
-                    "gw_cpu_us": statistics.median(run[3] for run in runs),
-                }
+            result = _measure(targets, label, conc, n, rate, args.rounds, ids)
             rows.append((label, result))
             if rate is None and conc > 1 and args.paced_fraction > 0:
                 paced = round(result["gateway"]["rps"] * args.paced_fraction)

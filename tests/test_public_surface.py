@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-LAZY = ["smallfleet.routing", "smallfleet.flywheel"]
+LAZY = ["smallfleet.routing", "smallfleet.flywheel", "smallfleet.gateway"]
 
 
 @pytest.mark.parametrize("package", LAZY)

@@ -9,7 +9,9 @@ model carries what the far side said::
      │    ├── RequestInvalid     a chat request failed validation (names the field) → 400
      │    │    ├── MethodNotAllowed      the wrong HTTP method for the path → 405
      │    │    └── UnsupportedMediaType  a body that is not UTF-8 JSON → 415
+     │    ├── Unauthorized       no key, or a key the gateway does not know → 401
      │    ├── Forbidden          a Host, Origin or key that may not do this → 403
+     │    ├── BodyTooLarge       a request body over gateway.max_body_bytes → 413
      │    ├── ModelNotFound      an unknown model alias ("did you mean …") → 404
      │    ├── ExtraNotInstalled  an optional dependency is missing (names the extra)
      │    └── BadLine            a line of a traces file that cannot be imported (says why)
@@ -21,23 +23,27 @@ model carries what the far side said::
      │    └── OutputInvalid      the model's output did not parse or validate
      ├── BudgetExceeded         a key's spending limit is used up → 429
      ├── Unavailable            a part the gateway needs (the budget ledger's database) is down → 503
+     ├── InternalError          an unexpected failure, answered without its internals → 500
      └── PluginError            an installed plugin's entry point does not load (names its distribution)
 
 Each error knows the HTTP status and the OpenAI-style error ``type`` the gateway
 answers with, so the mapping lives in one place.
 
 Private control-flow signals that never leave the module raising them (an agent run's
-``_Stop``, the HTTP backend's ``_Retry``) are not errors, and stay beside their code.
+``_Stop``, the HTTP backend's ``_Retry``, the gateway's ``_ClientGone``) are not errors, and
+stay beside their code.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BadLine",
+    "BodyTooLarge",
     "BudgetExceeded",
     "ConfigError",
     "ExtraNotInstalled",
     "Forbidden",
+    "InternalError",
     "MethodNotAllowed",
     "ModelError",
     "ModelNotFound",
@@ -46,6 +52,7 @@ __all__ = [
     "RateLimited",
     "RequestInvalid",
     "SmallfleetError",
+    "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
     "UpstreamError",
@@ -117,6 +124,13 @@ class UnsupportedMediaType(RequestInvalid):
     code = "unsupported_media_type"
 
 
+class Unauthorized(UserError):
+    """No key, or a key the gateway does not know → 401."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
 class Forbidden(UserError):
     """The request may not be served: a Host or Origin not allowed, a key without the right."""
 
@@ -128,6 +142,13 @@ class Forbidden(UserError):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class BodyTooLarge(UserError):
+    """The request body is over ``gateway.max_body_bytes`` → 413."""
+
+    status_code = 413
+    code = "request_too_large"
 
 
 class ModelNotFound(UserError):
@@ -265,6 +286,15 @@ class Unavailable(SmallfleetError):
     status_code = 503
     error_type = "server_error"
     code = "service_unavailable"
+
+
+class InternalError(SmallfleetError):
+    """An unexpected failure (a bug, a store that threw): the client gets a 500 that says so,
+    with the trace id, never the internals; the traceback goes to the log where it was caught."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
 
 
 class PluginError(SmallfleetError):

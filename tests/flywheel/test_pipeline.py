@@ -226,3 +226,31 @@ def test_workers_start_only_where_they_fit_in_memory(
     from smallfleet.flywheel.pipeline import workers_for_memory
 
     assert workers_for_memory(workers, own_mb, budget_mb) == expected
+
+
+def test_passthrough_requests_never_become_examples() -> None:
+    from smallfleet.flywheel.pipeline import to_example
+    from smallfleet.store.records import TraceRecord
+
+    response = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "big",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    }
+    fn = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+    custom = {"type": "custom", "custom": {"name": "apply_patch"}}
+    allowed = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "name": "search"}]},
+    }
+
+    def trace(**kw: Any) -> TraceRecord:
+        request = {"model": "big", "messages": [{"role": "user", "content": "Find it."}], **kw}
+        return TraceRecord(request=request, response=response)
+
+    plain = to_example(trace(tools=[fn]))
+    assert plain is not None and plain.request.tool_names() == ["search"]
+    assert to_example(trace(tools=[fn, custom])) is None
+    assert to_example(trace(tools=[fn], tool_choice=allowed)) is None

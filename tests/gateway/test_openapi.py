@@ -22,6 +22,8 @@ from smallfleet.testing import ScriptedUpstream
 
 PATHS = {
     "/v1/chat/completions": {"post"},
+    "/v1/responses": {"post"},
+    "/v1/messages": {"post"},
     "/v1/models": {"get"},
     "/v1/feedback": {"post"},
     "/healthz": {"get"},
@@ -133,6 +135,44 @@ def test_the_document_describes_what_the_gateway_answers(gw: Running, document: 
     resp = http.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "text/plain"})
     documented(resp, "/v1/chat/completions", "post")
 
+    # The APIs translated onto the chat path: their own shapes, answers and refusals.
+    for path, answer, error_schema, good, bad in (
+        (
+            "/v1/responses",
+            "ResponsesObject",
+            "Error",
+            {
+                "model": "big",
+                "input": "Where is my order?",
+                "instructions": "Be brief.",
+                "max_output_tokens": 50,
+            },
+            {"model": "big", "input": "hi", "previous_response_id": "resp_1"},
+        ),
+        (
+            "/v1/messages",
+            "MessagesResponse",
+            "MessagesError",
+            {"model": "big", "max_tokens": 50, "system": "Be brief.", "messages": MSG},
+            {"model": "big", "messages": MSG},
+        ),
+    ):
+        request_schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        asked = _validator(document, request_schema["$ref"].rsplit("/", 1)[1])
+        asked.validate(good)
+        resp = http.post(path, json=good)
+        documented(resp, path, "post")
+        assert resp.status_code == 200, resp.text
+        _validator(document, answer).validate(resp.json())
+        resp = http.post(path, json={**good, "stream": True})
+        documented(resp, path, "post")
+        assert resp.headers["content-type"].startswith("text/event-stream"), resp.text[:300]
+        assert list(asked.iter_errors(bad)), bad  # the schema refuses it too
+        resp = http.post(path, json=bad)
+        documented(resp, path, "post")
+        assert resp.status_code == 400, resp.text
+        _validator(document, error_schema).validate(resp.json())
+
     resp = http.get("/v1/models")
     documented(resp, "/v1/models", "get")
     _validator(document, "ModelList").validate(resp.json())
@@ -198,6 +238,8 @@ OPERATIONS = [
     *[(path, method, POSITIVE) for path, methods in PATHS.items() for method in sorted(methods)],
     ("/v1/chat/completions", "post", NEGATIVE),  # data the schema forbids (wrong types, missing fields)
     ("/v1/feedback", "post", NEGATIVE),
+    ("/v1/responses", "post", NEGATIVE),
+    ("/v1/messages", "post", NEGATIVE),
 ]
 
 

@@ -241,6 +241,61 @@ async def test_bad_requests_are_clear_errors(lm: LocalCausalLM) -> None:
     assert e.value.param == "response_format.json_schema.schema"
 
 
+CUSTOM_TOOL: dict[str, Any] = {"type": "custom", "custom": {"name": "apply_patch"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {
+                "tools": TOOLS,
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "name": "search"}]},
+                },
+            },
+            "tool_choice",
+        ),
+        (
+            {"tools": [CUSTOM_TOOL], "tool_choice": {"type": "custom", "custom": {"name": "apply_patch"}}},
+            "tools",  # the custom tool is named first: it alone is enough to refuse
+        ),
+        ({"tools": [*TOOLS, CUSTOM_TOOL]}, "tools"),
+        (
+            {
+                "tools": TOOLS,
+                "messages": [
+                    {"role": "user", "content": "Fix it."},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c1", "type": "custom", "custom": {"name": "apply_patch", "input": "x"}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c1", "content": "done"},
+                ],
+            },
+            "messages",
+        ),
+    ],
+)
+async def test_passthrough_only_requests_are_a_400_naming_the_field(
+    tiny: Path, body: dict[str, Any], param: str
+) -> None:
+    # Checked before the model loads: a fresh, never-loaded model refuses as fast as a warm one.
+    m = LocalCausalLM(tiny, name="tiny")
+    request = req(**body)
+    assert request.passthrough_reason() is not None
+    with pytest.raises(RequestInvalid, match="local model") as e:
+        await m.complete(request)
+    assert (e.value.param, e.value.status_code) == (param, 400)
+    with pytest.raises(RequestInvalid) as e:
+        _ = [c async for c in m.stream(request)]
+    assert e.value.param == param
+    assert not m.loaded
+
+
 @pytest.mark.parametrize(
     ("text", "content", "calls"),
     [

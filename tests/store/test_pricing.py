@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from smallfleet.config import LocalModelConfig, OpenAIModelConfig, Price, PricingConfig
+from smallfleet.config import AnthropicModelConfig, LocalModelConfig, OpenAIModelConfig, Price, PricingConfig
 from smallfleet.store.pricing import BUILTIN_PRICES, PRICES_AS_OF, PriceTable, normalise_model_name
 
 
@@ -75,6 +75,21 @@ def test_where_a_price_comes_from() -> None:
     assert t.cost("custom", 0, 1_000_000) == pytest.approx(3.0)
     assert t.cost("gpt-4o", 1_000_000, 0) == pytest.approx(2.5)
     assert t.cost("local", 10, 10) is None
+
+
+def test_a_claude_alias_is_priced_by_its_upstream_model() -> None:
+    models = {
+        "claude": AnthropicModelConfig(model="claude-3-5-haiku-20241022"),  # no own price
+        "claude-own": AnthropicModelConfig(model="claude-3-5-haiku", price=Price(input=1.0, output=1.0)),
+        "local": LocalModelConfig(model="claude-3-5-haiku"),  # a checkpoint's name, not a provider's
+    }
+    t = PriceTable(PricingConfig(), models)
+    # claude-3-5-haiku: 10k in * 0.80 + 2k out * 4.00 = 16000 / 1e6
+    assert t.cost("claude", 10_000, 2_000) == pytest.approx(0.016)
+    assert t.cost("claude-own", 1_000_000, 0) == pytest.approx(1.0)
+    assert t.cost("local", 10_000, 2_000) is None
+    over = PriceTable(PricingConfig(models={"claude-3-5-haiku": Price(input=2.0, output=2.0)}), models)
+    assert over.cost("claude", 1_000_000, 0) == pytest.approx(2.0)  # pricing.models beats the built-in
 
 
 def test_local_cost_by_compute_time() -> None:

@@ -43,8 +43,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smallfleet.errors import Forbidden  # a valid key that may not do this (not admin, a bad CSRF token)
-from smallfleet.gateway.auth import Unauthorized
+from smallfleet.errors import (
+    Forbidden,  # a valid key that may not do this (not admin, a bad CSRF token)
+    Unauthorized,  # no key, or an unknown one
+)
 
 if TYPE_CHECKING:
     from smallfleet.config import GatewayKey

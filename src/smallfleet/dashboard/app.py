@@ -37,8 +37,7 @@ from smallfleet.dashboard.access import (
     identify,
     new_nonce,
 )
-from smallfleet.errors import SmallfleetError, UserError
-from smallfleet.gateway.auth import Unauthorized
+from smallfleet.errors import SmallfleetError, Unauthorized, UserError
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -225,7 +225,11 @@ def _p50(values: Sequence[float | None]) -> float | None:
 
 
 def to_example(rec: TraceRecord) -> Example | None:
-    """A training example from a trace (None when the trace cannot be one)."""
+    """A training example from a trace (None when the trace cannot be one).
+
+    A request only the upstream may answer (custom tools, an ``allowed_tools`` tool choice:
+    :meth:`ChatRequest.passthrough_reason`) is never served small, so it teaches nothing.
+    """
     from pydantic import ValidationError
 
     from smallfleet.types import ChatRequest, ChatResponse
@@ -233,13 +237,13 @@ def to_example(rec: TraceRecord) -> Example | None:
     if not rec.request or not rec.response:
         return None
     try:
-        return Example(
-            request=ChatRequest.model_validate(rec.request),
-            response=ChatResponse.model_validate(rec.response),
-            trace_id=rec.id,
-        )
+        request = ChatRequest.model_validate(rec.request)
+        response = ChatResponse.model_validate(rec.response)
     except ValidationError:
         return None
+    if request.passthrough_reason() is not None:
+        return None
+    return Example(request=request, response=response, trace_id=rec.id)
 
 
 def _progress(enabled: bool) -> Any:

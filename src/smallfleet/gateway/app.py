@@ -38,18 +38,21 @@ from random import Random
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smallfleet.errors import (
+    BodyTooLarge,
+    InternalError,
     MethodNotAllowed,
     ModelError,
     ModelNotFound,
     RateLimited,
     RequestInvalid,
     SmallfleetError,
+    Unauthorized,
     Unavailable,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
 )
-from smallfleet.gateway.auth import BodyTooLarge, KeyRing, Reservation, Unauthorized, estimate_usd
+from smallfleet.gateway.auth import KeyRing, Reservation, estimate_usd
 from smallfleet.gateway.intake import Intake, cut_label, raw_body_record
 from smallfleet.gateway.metrics import Metrics
 from smallfleet.gateway.recorder import Recorder
@@ -119,16 +122,12 @@ class Edge(Protocol):
     def stream_error(self, e: SmallfleetError) -> bytes: ...
 
 
-class _Internal(SmallfleetError):
-    """An unexpected failure, reported without its internals."""
-
-    status_code = 500
-    error_type = "server_error"
-    code = "internal_error"
-
-
 class _ClientGone(Exception):
-    """The client went away before its request body arrived."""
+    """The client went away before its request body arrived.
+
+    A control-flow signal, not an error: raised by ``_read_body`` and caught in this module
+    (the request is recorded as ``client_disconnected``; nothing is sent to anyone).
+    """
 
 
 #: The gateway's own generator, seeded from the OS: code that seeds the global ``random`` (training
@@ -444,7 +443,7 @@ class Gateway:
             return
         except Exception as e:  # e.g. the store is down: an OpenAI-style 500, never a bare one
             log.exception("Feedback failed")
-            internal = _Internal(f"Internal error in the gateway ({type(e).__name__}) storing feedback.")
+            internal = InternalError(f"Internal error in the gateway ({type(e).__name__}) storing feedback.")
             await _send(send, 500, _error_body(internal), _JSON)
             return
         out = {"object": "feedback", "trace_id": trace_id, "score": score, "comment": comment}
@@ -476,7 +475,9 @@ class Gateway:
             await self._fail(send, rec, state, e)
         except Exception as e:
             log.exception("Unexpected error in trace %s", rec.id)
-            internal = _Internal(f"Internal error in the gateway ({type(e).__name__}); trace id {rec.id}.")
+            internal = InternalError(
+                f"Internal error in the gateway ({type(e).__name__}); trace id {rec.id}."
+            )
             await self._fail(send, rec, state, internal)
         finally:
             try:
@@ -775,7 +776,7 @@ class Gateway:
         rec.status = "error"
         rec.error = e.message
         rec.http_status = e.status_code
-        if not isinstance(e, _Internal):  # logged with its traceback where it was caught
+        if not isinstance(e, InternalError):  # logged with its traceback where it was caught
             self._log_failure(rec, e)
         if state.open_stream:  # a stream had started: say it in-band and end it
             event = _stream_error(state, e)
@@ -784,7 +785,7 @@ class Gateway:
             return
         if state.sent:
             return
-        if not isinstance(e, ModelError | _Internal):
+        if not isinstance(e, ModelError | InternalError):
             rec.route = "rejected"
         extra: list[tuple[bytes, bytes]] = []
         if isinstance(e, MethodNotAllowed):

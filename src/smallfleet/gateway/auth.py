@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smallfleet.errors import BudgetExceeded, ConfigError, UserError
+# Unauthorized and BodyTooLarge live in the errors tree; re-exported here, where they were first.
+from smallfleet.errors import BodyTooLarge, BudgetExceeded, ConfigError, Unauthorized
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -55,20 +56,6 @@ log = logging.getLogger("smallfleet.gateway")
 
 #: Tokens a chat message costs besides its text (role and separators), in the estimate.
 _TOKENS_PER_MESSAGE = 4
-
-
-class Unauthorized(UserError):
-    """No key, or a key the gateway does not know → 401."""
-
-    status_code = 401
-    code = "invalid_api_key"
-
-
-class BodyTooLarge(UserError):
-    """The request body is over ``gateway.max_body_bytes`` → 413."""
-
-    status_code = 413
-    code = "request_too_large"
 
 
 def hash_key(key: str) -> str:

@@ -6,8 +6,12 @@ code generators and API fuzzers (schemathesis) can work from it:
 - the chat request body is the JSON schema of :class:`smallfleet.types.ChatRequest`
   (unknown fields are allowed and passed on to the model, as the OpenAI API does);
   the answers are the OpenAI ``chat.completion`` shapes;
+- ``/v1/responses`` (OpenAI's Responses API) and ``/v1/messages`` (Anthropic's Messages API)
+  are translated onto the chat path; their request and answer shapes are written here by hand
+  at the level of the fields the translation reads (a Messages error has Anthropic's shape);
 - every refusal is a 4xx with the OpenAI error body
-  ``{"error": {"message", "type", "param", "code"}}``;
+  ``{"error": {"message", "type", "param", "code"}}`` (``/v1/messages``: Anthropic's
+  ``{"type": "error", "error": {"type", "message"}}``);
 - a key is a bearer token, needed only when ``gateway.keys`` is configured.
 
 The document is built on demand (the gateway keeps the first one it builds).
@@ -28,8 +32,10 @@ An OpenAI-compatible gateway that records every chat completion as a trace.
 
 Every response to `/v1/chat/completions`, refusals included, carries
 `x-smallfleet-trace-id` and `x-smallfleet-route`, and every request there leaves
-exactly one trace. The paths are also served without the `/v1` prefix
-(`/chat/completions`, `/models`, `/feedback`), as OpenAI clients configured with
+exactly one trace. So do `/v1/responses` (OpenAI's Responses API) and `/v1/messages`
+(Anthropic's Messages API), which are translated onto the same chat path. The OpenAI
+paths are also served without the `/v1` prefix (`/chat/completions`, `/responses`,
+`/models`, `/feedback`), as OpenAI clients configured with
 a base URL that lacks it expect. `/ui` is the web dashboard (HTML, not part of
 this API).
 
@@ -231,10 +237,432 @@ def _chat_operation() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- the other APIs: Responses, Messages
+#
+# Hand-written at the level a client needs: the fields the edge reads (gateway/responses_api.py,
+# gateway/messages_api.py), the shapes it answers. A body the schema allows can still be refused
+# with a 400 that names the field (e.g. a tool's parameters the chat path cannot take).
+
+_STR_OR_NULL = {"type": ["string", "null"]}
+_METADATA = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _responses_schemas() -> dict[str, Any]:
+    ref = "#/components/schemas/{}".format
+    text_part = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"enum": ["input_text", "output_text"]}, "text": {"type": "string"}},
+    }
+    image_part = {
+        "type": "object",
+        "required": ["type", "image_url"],
+        "properties": {
+            "type": {"const": "input_image"},
+            "image_url": {"type": "string"},
+            "detail": {"enum": ["low", "high", "auto"]},
+        },
+    }
+    return {
+        "ResponsesInputItem": {
+            "description": "A message, a function call the model made, or its output (the history is "
+            "sent whole: this gateway keeps no server-side state).",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "type": {"const": "message"},
+                        "role": {"enum": ["user", "system", "developer", "assistant"]},
+                        "content": {
+                            "anyOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"anyOf": [text_part, image_part]}},
+                            ]
+                        },
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["type", "call_id", "name", "arguments"],
+                    "properties": {
+                        "type": {"const": "function_call"},
+                        "call_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "arguments": {"type": "string", "description": "A JSON object, as text."},
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["type", "call_id", "output"],
+                    "properties": {
+                        "type": {"const": "function_call_output"},
+                        "call_id": {"type": "string"},
+                        "output": {"type": "string"},
+                    },
+                },
+            ],
+        },
+        "ResponsesFunctionTool": {
+            "type": "object",
+            "description": "A function tool (hosted tools run inside OpenAI's own service: a 400 here).",
+            "required": ["type", "name"],
+            "properties": {
+                "type": {"const": "function"},
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "description": {"type": "string"},
+                "parameters": {"type": "object"},
+                "strict": {"type": "boolean"},
+            },
+        },
+        "ResponsesRequest": {
+            "type": "object",
+            "description": "A Responses API request, translated to a chat completion (same routing, "
+            "recording and pricing). `previous_response_id`, `conversation`, `background` and a stored "
+            "`prompt` are refused with a 400: send the history as `input` items instead. `include`, "
+            "`truncation`, `store`, `stream_options`, `prompt_cache_retention` and `max_tool_calls` "
+            "are accepted and ignored; another field is a 400.",
+            "required": ["model", "input"],
+            "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string", "description": "A model alias of the gateway's configuration."},
+                "input": {
+                    "anyOf": [
+                        {"type": "string", "description": "One user message."},
+                        {"type": "array", "items": {"$ref": ref("ResponsesInputItem")}},
+                    ]
+                },
+                "instructions": {**_STR_OR_NULL, "description": "The system prompt."},
+                "tools": {"type": "array", "items": {"$ref": ref("ResponsesFunctionTool")}},
+                "tool_choice": {
+                    "anyOf": [
+                        {"enum": ["none", "auto", "required"]},
+                        {
+                            "type": "object",
+                            "required": ["type", "name"],
+                            "properties": {"type": {"const": "function"}, "name": {"type": "string"}},
+                        },
+                    ]
+                },
+                "text": {
+                    "type": "object",
+                    "properties": {
+                        "format": {
+                            "type": "object",
+                            "required": ["type"],
+                            "description": "text (default), json_object, or json_schema with `name` "
+                            "and `schema` (then the answer is JSON that validates).",
+                            "properties": {
+                                "type": {"enum": ["text", "json_object", "json_schema"]},
+                                "name": {"type": "string"},
+                                "schema": {"type": "object"},
+                                "strict": {"type": ["boolean", "null"]},
+                            },
+                        }
+                    },
+                },
+                "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "parallel_tool_calls": {"type": ["boolean", "null"]},
+                "stream": {"type": ["boolean", "null"]},
+                "metadata": _METADATA,
+                "user": {"type": "string"},
+                "store": {"type": ["boolean", "null"], "description": "Ignored: nothing is stored."},
+                "previous_response_id": {"type": "null", "description": "Not supported (only null)."},
+            },
+        },
+        "ResponsesObject": {
+            "type": "object",
+            "description": "The answer as a Responses object (`id`: `resp_` + the trace id). The "
+            "request's own fields (instructions, tools, tool_choice, text, ...) are echoed too.",
+            "required": ["id", "object", "created_at", "status", "model", "output", "usage"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "response"},
+                "created_at": {"type": "integer"},
+                "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+                "incomplete_details": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {"type": "object", "properties": {"reason": {"type": "string"}}},
+                    ]
+                },
+                "model": {"type": "string"},
+                "output": {"type": "array", "items": {"$ref": ref("ResponsesOutputItem")}},
+                "usage": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["input_tokens", "output_tokens", "total_tokens"],
+                            "properties": {
+                                "input_tokens": {"type": "integer"},
+                                "output_tokens": {"type": "integer"},
+                                "total_tokens": {"type": "integer"},
+                            },
+                        },
+                    ]
+                },
+                "store": {"const": False},
+            },
+        },
+        "ResponsesOutputItem": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["type", "id", "role", "content"],
+                    "properties": {
+                        "type": {"const": "message"},
+                        "id": {"type": "string"},
+                        "role": {"const": "assistant"},
+                        "status": {"type": "string"},
+                        "content": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["type"],
+                                "properties": {
+                                    "type": {"enum": ["output_text", "refusal"]},
+                                    "text": {"type": "string"},
+                                    "refusal": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["type", "call_id", "name", "arguments"],
+                    "properties": {
+                        "type": {"const": "function_call"},
+                        "id": {"type": "string"},
+                        "call_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "arguments": {"type": "string"},
+                        "status": {"type": "string"},
+                    },
+                },
+            ]
+        },
+    }
+
+
+def _messages_schemas() -> dict[str, Any]:
+    ref = "#/components/schemas/{}".format
+    text_block = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    }
+    tool_use = {
+        "type": "object",
+        "required": ["type", "id", "name", "input"],
+        "properties": {
+            "type": {"const": "tool_use"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "input": {"type": "object"},
+        },
+    }
+    tool_result = {
+        "type": "object",
+        "required": ["type", "tool_use_id"],
+        "properties": {
+            "type": {"const": "tool_result"},
+            "tool_use_id": {"type": "string"},
+            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": text_block}]},
+            "is_error": {"type": "boolean"},
+        },
+    }
+    return {
+        "MessagesMessage": {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"enum": ["user", "assistant"]},
+                "content": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"anyOf": [text_block, tool_use, tool_result]}},
+                    ],
+                    "description": "Text, or content blocks: text and tool_use (assistant), text, "
+                    "image and tool_result (user).",
+                },
+            },
+        },
+        "MessagesRequest": {
+            "type": "object",
+            "description": "An Anthropic Messages API request, translated to a chat completion (same "
+            "routing, recording and pricing). Server tools, document blocks and extended thinking "
+            "are refused with a 400; another field is a 400.",
+            "required": ["model", "max_tokens", "messages"],
+            "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string", "description": "A model alias of the gateway's configuration."},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "messages": {"type": "array", "minItems": 1, "items": {"$ref": ref("MessagesMessage")}},
+                "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": text_block}]},
+                "tools": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "input_schema"],
+                        "properties": {
+                            "type": {"const": "custom"},
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                            "description": {"type": "string"},
+                            "input_schema": {"type": "object"},
+                        },
+                    },
+                },
+                "tool_choice": {
+                    "type": "object",
+                    "required": ["type"],
+                    "description": "{type: auto | any | none}, or {type: tool, name}.",
+                    "properties": {
+                        "type": {"enum": ["auto", "any", "none", "tool"]},
+                        "name": {"type": "string"},
+                        "disable_parallel_tool_use": {"type": "boolean"},
+                    },
+                },
+                "stop_sequences": {"type": "array", "items": {"type": "string"}},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "top_k": {"type": "integer", "minimum": 0},
+                "metadata": {"type": "object", "properties": {"user_id": {"type": "string"}}},
+                "stream": {"type": "boolean"},
+            },
+        },
+        "MessagesResponse": {
+            "type": "object",
+            "description": "The answer as an Anthropic message.",
+            "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"const": "message"},
+                "role": {"const": "assistant"},
+                "model": {"type": "string"},
+                "content": {"type": "array", "items": {"anyOf": [text_block, tool_use]}},
+                "stop_reason": {
+                    "anyOf": [
+                        {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
+                        {"type": "null"},
+                    ]
+                },
+                "stop_sequence": _STR_OR_NULL,
+                "usage": {
+                    "type": "object",
+                    "required": ["input_tokens", "output_tokens"],
+                    "properties": {
+                        "input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"},
+                        "cache_read_input_tokens": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "MessagesError": {
+            "type": "object",
+            "description": "The Messages API's error body.",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    }
+
+
+def _edge_operation(
+    operation_id: str, summary: str, request: str, answer: str, error: str, events: str
+) -> dict[str, Any]:
+    """An API translated at the edge onto the chat path: the chat path's statuses, its own shapes."""
+
+    def refusal(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "headers": _TRACE_HEADERS,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}},
+        }
+
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": _chat_operation()["parameters"],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
+        },
+        "responses": {
+            "200": {
+                "description": f"The answer: JSON, or server-sent events when `stream` is true ({events}).",
+                "headers": _TRACE_HEADERS,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{answer}"}},
+                    "text/event-stream": {"schema": _SSE_EVENT},
+                },
+            },
+            "400": refusal("The body is not valid JSON, too deep, or a field is invalid or not supported."),
+            "401": refusal("Keys are configured and none, or an unknown one, was given."),
+            "403": refusal("The Host or the web Origin is not allowed."),
+            "404": refusal("No model is configured under this name."),
+            "405": refusal("Not a POST."),
+            "413": refusal("The body is over gateway.max_body_bytes."),
+            "415": refusal("The body is not application/json in UTF-8."),
+            "429": refusal("The key's daily budget is spent, or the upstream is rate limiting."),
+            "4XX": refusal("The upstream refused the request: its status and message, passed on."),
+            "502": refusal("Every model of the alias's chain failed."),
+            "504": refusal("The upstream did not answer in time."),
+        },
+    }
+
+
+def _responses_operation() -> dict[str, Any]:
+    return _edge_operation(
+        "createResponse",
+        "OpenAI's Responses API, served through the chat path",
+        "ResponsesRequest",
+        "ResponsesObject",
+        "Error",
+        "typed events: response.created, response.output_text.delta, "
+        "response.function_call_arguments.delta, ..., response.completed with usage",
+    )
+
+
+def _messages_operation() -> dict[str, Any]:
+    op = _edge_operation(
+        "createMessage",
+        "Anthropic's Messages API, served through the chat path",
+        "MessagesRequest",
+        "MessagesResponse",
+        "MessagesError",
+        "message_start, content_block_start/delta/stop, message_delta with usage, message_stop",
+    )
+    op["parameters"] = [
+        *op["parameters"],
+        {
+            "name": "anthropic-version",
+            "in": "header",
+            "required": False,
+            "description": "Accepted; not needed.",
+            "schema": {"type": "string"},
+        },
+    ]
+    op["security"] = [{}, {"bearerAuth": []}, {"apiKeyHeader": []}]
+    return op
+
+
 def _paths() -> dict[str, Any]:
     no_key: list[dict[str, list[str]]] = []
     return {
         "/v1/chat/completions": {"post": _chat_operation()},
+        "/v1/responses": {"post": _responses_operation()},
+        "/v1/messages": {"post": _messages_operation()},
         "/v1/models": {
             "get": {
                 "operationId": "listModels",
@@ -339,13 +767,24 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": {**_wire_schemas(), **_hand_written_schemas()},
+            "schemas": {
+                **_wire_schemas(),
+                **_hand_written_schemas(),
+                **_responses_schemas(),
+                **_messages_schemas(),
+            },
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A gateway key (gateway.keys); not needed when no keys are configured.",
-                }
+                },
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "A gateway key as Anthropic clients send it (POST /v1/messages only).",
+                },
             },
         },
         # Optional: {} (no key) or a bearer key.

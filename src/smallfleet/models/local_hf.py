@@ -423,6 +423,28 @@ class LocalCausalLM(ChatModel):
 
     # ------------------------------------------------------------ requests
 
+    def check_supported(self, request: ChatRequest) -> None:
+        """Refuse what a local model cannot honour: custom tools and an allowed/custom tool choice.
+
+        They would need a grammar for free-form tool input, or a subset of tools, that the
+        decoder does not build; a clear 400 beats a tool call the client did not allow.
+        """
+        reason = request.passthrough_reason()
+        if reason is None:
+            return
+        if reason.startswith("tool_choice_"):
+            param, what = "tool_choice", f"a tool_choice of type {reason.removeprefix('tool_choice_')!r}"
+        elif any(t.type == "custom" for t in request.tools or []):
+            param, what = "tools", "custom tools"
+        else:
+            param, what = "messages", "custom tool calls"
+        raise RequestInvalid(
+            f"Model {self.name!r} is a local model and does not support {what}; "
+            "send function tools with tool_choice 'auto', 'required', 'none' or a named function, "
+            "or use an upstream model that supports them.",
+            param=param,
+        )
+
     def adapter_for(self, request: ChatRequest) -> str | None:
         """The adapter a request asks for: ``metadata.adapter``, else a model field ``ALIAS:ADAPTER``."""
         wanted = (request.metadata or {}).get("adapter")
@@ -641,12 +663,14 @@ class LocalCausalLM(ChatModel):
         return ChatResponse(model=request.model or self.name, choices=[choice], usage=usage)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        self.check_supported(request)
         adapter = self.adapter_for(request)
         g = await asyncio.to_thread(self.generate, request, adapter)
         return self.to_response(request, g)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Token streaming for text and JSON; tool calls come whole at the end (they must parse first)."""
+        self.check_supported(request)
         if request.tools and request.tool_choice != "none":
             async for chunk in super().stream(request):
                 yield chunk

@@ -7,18 +7,31 @@ models (a trained specialist, a test double) can be added with :meth:`register`.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
 from typing import TYPE_CHECKING
 
-from smallfleet.errors import ModelNotFound
+from smallfleet.errors import ModelNotFound, PluginError, UserError
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from smallfleet.config import ModelConfig, Settings
     from smallfleet.models.base import ChatModel
 
-__all__ = ["BACKENDS", "ModelRegistry"]
+__all__ = [
+    "BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "ModelRegistry",
+    "backend_class",
+    "known_backends",
+    "load_backend",
+    "plugin_backends",
+]
 
-#: backend name → "module:Class"; each class has ``from_config(alias, config, settings)``.
+#: The built-in backends, name → "module:Class"; each class has ``from_config(alias, config,
+#: settings)``. They come first: a plugin cannot replace one.
 BACKENDS: dict[str, str] = {
     "openai": "smallfleet.models.openai_http:OpenAICompatible",
     "anthropic": "smallfleet.models.anthropic_http:AnthropicMessages",
@@ -26,10 +39,73 @@ BACKENDS: dict[str, str] = {
     "specialist": "smallfleet.specialists.base:SpecialistChatModel",
 }
 
+#: The entry point group through which another distribution adds a backend, in its
+#: ``pyproject.toml``::
+#:
+#:     [project.entry-points."smallfleet.backends"]
+#:     bedrock = "my_package.bedrock:BedrockModel"
+#:
+#: The name is the backend (what ``models.<alias>.backend`` says); the object a
+#: :class:`~smallfleet.models.base.ChatModel` subclass with ``from_config``. Read on the first
+#: lookup of a backend that is not built in.
+ENTRY_POINT_GROUP = "smallfleet.backends"
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_backends() -> dict[str, EntryPoint]:
+    """The backends installed distributions add (group :data:`ENTRY_POINT_GROUP`), by name; a
+    name that is a built-in backend is left out (built-ins come first). Not loaded yet."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in BACKENDS:
+            found.setdefault(ep.name, ep)
+    return found
+
+
+def known_backends() -> list[str]:
+    """Every backend :func:`backend_class` knows: the built-ins, then the plugins'."""
+    return [*BACKENDS, *(b for b in plugin_backends() if b not in BACKENDS)]
+
+
+def load_backend(ep: EntryPoint) -> type[ChatModel]:
+    """The :class:`ChatModel` subclass a plugin's entry point names, or a :class:`PluginError`
+    that names the entry point, its distribution and what went wrong."""
+    from smallfleet.models.base import ChatModel
+
+    where = f"{ep.name} = {ep.value!r}"
+    dist = getattr(ep, "dist", None)
+    if dist is not None:
+        where += f" (from the {dist.name} distribution: upgrade or uninstall it)"
+    try:
+        obj = ep.load()
+    except Exception as e:
+        raise PluginError(f"The backend plugin {where} failed to load: {type(e).__name__}: {e}") from e
+    if not (isinstance(obj, type) and issubclass(obj, ChatModel)):
+        raise PluginError(
+            f"The backend plugin {where} names {obj!r}, not a subclass of smallfleet.models.base.ChatModel."
+        )
+    if not callable(getattr(obj, "from_config", None)):
+        raise PluginError(
+            f"The backend plugin {where} names {obj.__name__}, which has no from_config(alias, config, "
+            "settings) to build it from the configuration."
+        )
+    return obj
+
 
 def backend_class(backend: str) -> type[ChatModel]:
-    module, _, name = BACKENDS[backend].partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The class of ``backend``: a built-in, else one an installed plugin adds (loaded now)."""
+    if backend in BACKENDS:
+        module, _, name = BACKENDS[backend].partition(":")
+        return getattr(importlib.import_module(module), name)
+    ep = plugin_backends().get(backend)
+    if ep is None:
+        known = known_backends()
+        close = difflib.get_close_matches(backend, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"Unknown backend {backend!r}.{hint} Known backends: {', '.join(known)}.")
+    return load_backend(ep)
 
 
 class ModelRegistry:

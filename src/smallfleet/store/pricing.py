@@ -92,6 +92,10 @@ _ALIASES = {
     "gemini-2.0-flash-001": "gemini-2.0-flash",
 }
 
+# Backends whose alias's upstream model name is a provider's model (so the tables apply);
+# a local or specialist model's name is a checkpoint, priced by compute time instead.
+_PRICED_BACKENDS = frozenset({"openai", "anthropic"})
+
 _PREFIX = re.compile(r"^(?:[a-z]{2}\.)?(?:anthropic|meta|mistral|amazon|cohere|google)\.")
 _SUFFIXES = [
     re.compile(p)
@@ -152,7 +156,11 @@ class PriceTable:
             return own
         names = [model]
         upstream = getattr(cfg, "model", None)
-        if isinstance(upstream, str) and upstream != model and getattr(cfg, "backend", None) == "openai":
+        if (
+            isinstance(upstream, str)
+            and upstream != model
+            and getattr(cfg, "backend", None) in _PRICED_BACKENDS
+        ):
             names.append(upstream)
         for n in names:
             if n in self.config.models:
